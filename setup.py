@@ -1,0 +1,37 @@
+from setuptools import find_packages, setup
+
+# Pinned to the versions the test suite runs on (see README).
+JAX = "0.10.2"
+install_requires = [
+    f"jax=={JAX}",
+    f"jaxlib=={JAX}",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "chex==0.1.92",
+    "ml_collections==1.1.0",
+    "tensorflow-datasets==4.9.10",
+    "grain==0.2.18",
+    "tensorboardX==2.6.5",
+    "diffrax==0.7.2",
+    "numpy>=2.0",
+    "scipy>=1.13",
+    "scikit-learn>=1.5",
+    "matplotlib>=3.9",
+    "tqdm>=4.66",
+    "absl-py>=2.1",
+]
+
+setup(
+    name="jaxgen",
+    version="0.1.0",
+    description="Diffusion, state space models, FSQ/VQ and Lion in JAX, every formula checked numerically",
+    packages=find_packages(include=["jaxgen", "jaxgen.*"]),
+    python_requires=">=3.10",
+    install_requires=install_requires,
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        "tpu": [f"jax[tpu]=={JAX}"],
+        "cuda": [f"jax[cuda12]=={JAX}"],
+    },
+)
