@@ -1,1 +1,28 @@
+"""Diffusion: processes, losses, samplers, solvers and the Gaussian-mixture oracle.
 
+Time convention: t in [0, 1], t = 0 is data, t = 1 is noise, x_t = alpha(t) x0 + sigma(t) eps.
+"""
+from jaxgen.diffusion.processes import (  # noqa: F401
+    Process,
+    DiscreteVP,
+    ContinuousVP,
+    VE,
+    EDM,
+    RectifiedFlow,
+    make_schedule,
+    make_process,
+    linear_betas,
+    cosine_betas,
+    eps_to_x0,
+    x0_to_eps,
+    eps_to_score,
+    score_to_eps,
+    x0_to_score,
+    score_to_x0,
+    x0_eps_to_v,
+    v_to_x0,
+    v_to_eps,
+    x0_eps_to_velocity,
+    velocity_to_x0_eps,
+)
+from jaxgen.diffusion.ddpm import q_sample, ddpm_loss, ddpm_sample, ddpm_posterior  # noqa: F401
