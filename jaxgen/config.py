@@ -1,0 +1,157 @@
+"""Experiment configs: load `configs/X.py[:arg]`, apply `--config.a.b=v` overrides, validate.
+
+A config file defines `get_config(arg=None)` returning an `ml_collections.ConfigDict`. Configs are
+locked after loading, so a misspelt key is an error; `ConfigError` messages are one line that names
+the key and, for a typo, the nearest valid key. The CLI turns a `ConfigError` into exit status 2.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import os
+from typing import Any, Iterable
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """Bad user input in a config: raised before anything is written to the workdir."""
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """All dotted keys of a (nested) ConfigDict, leaves and sub-dicts."""
+    keys = []
+    for k, v in config.items():
+        full = f"{prefix}{k}"
+        keys.append(full)
+        if isinstance(v, ml_collections.ConfigDict):
+            keys.extend(flat_keys(v, full + "."))
+    return keys
+
+
+def _unknown_key(config, dotted: str) -> ConfigError:
+    close = difflib.get_close_matches(dotted, flat_keys(config), n=1, cutoff=0.5)
+    hint = f"; did you mean 'config.{close[0]}'?" if close else ""
+    return ConfigError(f"unknown config key 'config.{dotted}'{hint}")
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Load `path/to/config.py[:arg]` and return its locked ConfigDict."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: '{path}' (expected a path like configs/quickstart.py[:variant])")
+    module_spec = importlib.util.spec_from_file_location(f"jaxgen_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file '{path}' defines no get_config(arg=None)")
+    try:
+        config = module.get_config(arg) if arg else module.get_config()
+    except ValueError as e:  # an unknown variant
+        raise ConfigError(f"{path}: {e}") from None
+    config.lock()
+    return config
+
+
+def _parse_value(raw: str, current: Any, dotted: str) -> Any:
+    """Parse an override string into the type of the value it replaces."""
+    if isinstance(current, bool):
+        low = raw.lower()
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"config.{dotted} must be a bool (true/false), got '{raw}'")
+    if isinstance(current, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"config.{dotted} must be an integer, got '{raw}'") from None
+    if isinstance(current, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"config.{dotted} must be a number, got '{raw}'") from None
+    if isinstance(current, str):
+        return raw
+    try:  # tuples, lists, None-valued fields
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    if isinstance(current, (tuple, list)):
+        if not isinstance(value, (tuple, list)):
+            value = (value,)
+        return type(current)(value)
+    return value
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[tuple[str, str]]) -> None:
+    """Set dotted keys (without the 'config.' prefix) from strings, keeping each field's type."""
+    for dotted, raw in overrides:
+        parent = config
+        parts = dotted.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(parent, ml_collections.ConfigDict) or part not in parent:
+                raise _unknown_key(config, dotted)
+            if i < len(parts) - 1:
+                parent = parent[part]
+        current = parent[parts[-1]]
+        if isinstance(current, ml_collections.ConfigDict):
+            raise ConfigError(f"config.{dotted} is a group of keys; set one of its fields, e.g. 'config.{dotted}.{next(iter(current.keys()))}'")
+        with parent.unlocked():
+            parent[parts[-1]] = _parse_value(raw, current, dotted)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks shared by every config; tasks check their own keys when built."""
+    for key in ("seed", "task", "train", "optimizer", "data", "eval", "mesh", "ema_decay"):
+        _require(key in config, f"config has no '{key}' (every config needs seed, task, train, optimizer, data, eval, mesh, ema_decay)")
+    t = config.train
+    _require(isinstance(t.num_steps, int) and t.num_steps >= 0, f"config.train.num_steps must be an integer >= 0, got {t.num_steps!r}")
+    _require(isinstance(t.batch_size, int) and t.batch_size > 0, f"config.train.batch_size must be a positive integer, got {t.batch_size!r}")
+    _require(t.log_every > 0, f"config.train.log_every must be > 0, got {t.log_every!r}")
+    _require(t.checkpoint_every > 0, f"config.train.checkpoint_every must be > 0, got {t.checkpoint_every!r}")
+    _require(t.keep_checkpoints >= 1, f"config.train.keep_checkpoints must be >= 1, got {t.keep_checkpoints!r}")
+    o = config.optimizer
+    _require(o.learning_rate > 0, f"config.optimizer.learning_rate must be > 0, got {o.learning_rate!r}")
+    _require(o.warmup_steps >= 0, f"config.optimizer.warmup_steps must be >= 0, got {o.warmup_steps!r}")
+    _require(o.weight_decay >= 0, f"config.optimizer.weight_decay must be >= 0, got {o.weight_decay!r}")
+    _require(o.grad_clip is None or o.grad_clip > 0, f"config.optimizer.grad_clip must be > 0 or None, got {o.grad_clip!r}")
+    _require(0.0 <= config.ema_decay < 1.0, f"config.ema_decay must be in [0, 1), got {config.ema_decay!r}")
+    m = config.mesh
+    _require(m.data == -1 or m.data >= 1, f"config.mesh.data must be >= 1 or -1 (all remaining devices), got {m.data!r}")
+    _require(m.fsdp == -1 or m.fsdp >= 1, f"config.mesh.fsdp must be >= 1 or -1, got {m.fsdp!r}")
+    _require(not (m.data == -1 and m.fsdp == -1), "config.mesh.data and config.mesh.fsdp cannot both be -1")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The keys every experiment shares, with defaults; configs override what they need."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.task = ""
+    c.train = ml_collections.ConfigDict(dict(
+        num_steps=1000, batch_size=128, log_every=100, checkpoint_every=1000, keep_checkpoints=3,
+        eval_every=0,  # 0: evaluate once at the end
+    ))
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="adamw", learning_rate=1e-3, schedule="constant", warmup_steps=0, weight_decay=0.0,
+        grad_clip=1.0, b1=0.9, b2=0.999, eps=1e-8, momentum=0.9,
+        # Parameter groups: tuple of (regex on the parameter path, lr multiplier, weight-decay multiplier).
+        param_groups=(),
+    ))
+    c.ema_decay = 0.0
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    c.distributed = ml_collections.ConfigDict(dict(
+        # 'auto': initialise jax.distributed when launched on a multi-host runtime (TPU VM pod, SLURM, ...).
+        initialize="auto", coordinator_address="", num_processes=0, process_id=-1,
+    ))
+    c.data = ml_collections.ConfigDict()
+    c.eval = ml_collections.ConfigDict()
+    return c

@@ -1,0 +1,243 @@
+"""The one training loop: build the task, shard, restore, step, log, checkpoint, evaluate.
+
+Determinism: the key of step s is fold_in(train_key, s) and the data iterator's position is
+checkpointed with the state, so a run resumed from step N logs bitwise the same losses as an
+uninterrupted run (on the same devices).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen import data as data_lib
+from jaxgen import tasks as tasks_lib
+from jaxgen.config import ConfigError
+from jaxgen.train import mesh as mesh_lib
+from jaxgen.train.checkpoint import Checkpointer
+from jaxgen.train.logging import MetricWriter, format_metrics
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or gradient norm became NaN/inf; the last good checkpoint is kept."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM (or a preemption notice) arrived; a checkpoint of the current step was written."""
+
+
+_MULTIHOST_ENV = ("JAX_COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS")
+
+
+def maybe_initialize_distributed(dist_config) -> None:
+    """jax.distributed.initialize() when asked to, or ('auto') when the environment is multi-host."""
+    mode = str(dist_config.initialize).lower()
+    if mode in ("false", "never", "0") or jax.distributed.is_initialized():
+        return
+    explicit = bool(dist_config.coordinator_address)
+    multihost_env = (any(os.environ.get(v) for v in _MULTIHOST_ENV)
+                     or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+                     or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""))
+    if mode in ("true", "always", "1") or explicit or (mode == "auto" and multihost_env):
+        if explicit:
+            if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+                jax.config.update("jax_cpu_collectives_implementation", "gloo")
+            jax.distributed.initialize(coordinator_address=dist_config.coordinator_address,
+                                       num_processes=dist_config.num_processes,
+                                       process_id=dist_config.process_id)
+        else:
+            jax.distributed.initialize()
+
+
+class _SigtermFlag:
+    """Turns SIGTERM into a flag the loop polls, so the current step finishes and is checkpointed."""
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _write_config(config, workdir: str) -> None:
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(workdir, "config.json")
+    text = config.to_json_best_effort(indent=2, sort_keys=True)
+    if os.path.exists(path):
+        with open(path) as f:
+            if f.read() == text:
+                return
+        n = 1
+        while os.path.exists(os.path.join(workdir, f"config.prev{n}.json")):
+            n += 1
+        os.replace(path, os.path.join(workdir, f"config.prev{n}.json"))  # keep what the workdir had
+    with open(path, "w") as f:
+        f.write(text)
+
+
+class _Progress:
+    """tqdm bar with ETA on a terminal, plain log lines otherwise."""
+
+    def __init__(self, start: int, total: int):
+        self.bar = None
+        if jax.process_index() == 0 and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+        self.total = total
+
+    def update(self, step: int, metrics: dict | None = None):
+        if self.bar is not None:
+            self.bar.n = step
+            if metrics:
+                self.bar.set_postfix_str(format_metrics(metrics, ("loss", "grad_norm", "steps_per_sec")))
+            self.bar.refresh()
+        elif metrics and jax.process_index() == 0:
+            print(f"step {step}/{self.total} " + format_metrics(metrics), flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
+    """Train `config.task` in `workdir` (resuming if it holds checkpoints); returns the final eval metrics."""
+    maybe_initialize_distributed(config.distributed)
+    task = task if task is not None else tasks_lib.build(config)
+
+    try:
+        mesh = mesh_lib.make_mesh(config.mesh)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if config.train.batch_size % n_batch_shards:
+        raise ConfigError(f"config.train.batch_size={config.train.batch_size} must be divisible by the "
+                         f"{n_batch_shards} devices of the mesh")
+    root = jax.random.key(config.seed)
+    init_key, train_key, eval_key = jax.random.split(root, 3)
+
+    abstract = jax.eval_shape(task.init, init_key)
+    state_sharding = mesh_lib.state_shardings(mesh, abstract)
+    batch_sharding = mesh_lib.batch_sharding(mesh)
+    try:
+        iterator = data_lib.make_train_iterator(config.data, global_batch_size=config.train.batch_size,
+                                                seed=config.seed)
+    except ValueError as e:  # unknown dataset, tfds data not prepared, batch not divisible by processes
+        raise ConfigError(str(e)) from None
+    os.makedirs(workdir, exist_ok=True)
+    _write_config(config, workdir)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints)
+    writer = MetricWriter(workdir)
+
+    start = ckpt.latest_step
+    if start is not None:
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
+        state = ckpt.restore(start, target, iterator)
+        print(f"Resumed from {ckpt.directory} at step {start}", flush=True)
+    else:
+        start = 0
+        state = jax.jit(task.init, out_shardings=state_sharding)(init_key)
+
+    def step_fn(state, batch, step):
+        return task.train_step(state, batch, jax.random.fold_in(train_key, step))
+
+    train_step = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding, None),
+                         out_shardings=(state_sharding, None), donate_argnums=(0,))
+
+    cfg = config.train
+    num_steps = cfg.num_steps
+    progress = _Progress(start, num_steps)
+    pending: list[tuple[int, Any]] = []  # (step, device metrics) not yet read back
+    last_saved = start if start else None
+    window_start, window_time = start, time.perf_counter()
+
+    def flush(step: int) -> None:
+        """Read back the window's metrics, stop on non-finite values, log the window's mean."""
+        nonlocal pending, window_start, window_time
+        if not pending:
+            return
+        host = jax.device_get([m for _, m in pending])
+        for (s, _), m in zip(pending, host):
+            bad = [k for k in ("loss", "grad_norm") if k in m and not np.all(np.isfinite(m[k]))]
+            if bad:
+                raise NonFiniteError(
+                    f"non-finite {' and '.join(bad)} at step {s + 1} (in the window of steps {window_start + 1}-{step}); "
+                    f"the last good checkpoint is step {last_saved} in {ckpt.directory}")
+        elapsed = time.perf_counter() - window_time
+        row = {k: float(np.mean([m[k] for m in host])) for k in host[-1]}
+        if "learning_rate" in row:
+            row["learning_rate"] = float(host[-1]["learning_rate"])
+        row["steps_per_sec"] = len(host) / elapsed
+        row["examples_per_sec"] = len(host) * cfg.batch_size / elapsed
+        writer.write(step, row)
+        progress.update(step, row)
+        pending, window_start, window_time = [], step, time.perf_counter()
+
+    def save(step: int) -> None:
+        nonlocal last_saved
+        flush(step)  # never checkpoint a state whose window had a non-finite value
+        ckpt.save(step, state, iterator)
+        last_saved = step
+
+    def evaluate(step: int) -> dict:
+        metrics = task.evaluate(state, jax.random.fold_in(eval_key, step), workdir)
+        metrics = {(k if k.startswith("eval/") else f"eval/{k}"): v for k, v in metrics.items()}
+        writer.write(step, metrics)
+        if jax.process_index() == 0:
+            print(f"eval at step {step}: " + format_metrics(metrics), flush=True)
+        return metrics
+
+    final_metrics: dict = {}
+    try:
+        with _SigtermFlag() as sigterm:
+            for step in range(start, num_steps):
+                batch = mesh_lib.global_batch(next(iterator), batch_sharding)
+                state, metrics = train_step(state, batch, jnp.asarray(step, jnp.int32))
+                pending.append((step, metrics))
+                done = step + 1
+                if sigterm.received or ckpt.reached_preemption(done):
+                    save(done)
+                    ckpt.wait()
+                    raise Preempted(f"preempted: checkpoint of step {done} written to {ckpt.directory}; "
+                                    f"re-run the same command to resume")
+                if done % cfg.log_every == 0:
+                    flush(done)
+                if done % cfg.checkpoint_every == 0 and done != num_steps:
+                    save(done)
+                if cfg.eval_every and done % cfg.eval_every == 0 and done != num_steps:
+                    evaluate(done)
+            flush(num_steps)
+            if last_saved != num_steps and num_steps > start:
+                save(num_steps)
+            ckpt.wait()
+            final_metrics = evaluate(num_steps)
+    finally:
+        ckpt.wait()
+        progress.close()
+        writer.close()
+        ckpt.close()
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+            json.dump({k: (v.item() if hasattr(v, "item") else v) for k, v in final_metrics.items()}, f, indent=2)
+    return final_metrics
