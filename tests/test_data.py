@@ -4,8 +4,12 @@ References are independent of the code under test: scikit-learn's load_digits / 
 make_swiss_roll, closed-form moments, the documented split permutation, and the single-process
 iterator for the per-process split.
 """
+import sys
+
+import jax
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from sklearn import datasets as skd
 
 from jaxgen import data
@@ -238,3 +242,111 @@ def test_bad_input_raises_value_error_naming_it():
         data.load_split({"name": "digits", "max_examples": 0}, "train")
     with pytest.raises(ValueError, match="toy name"):
         data.sample_toy("moons", 3, 0)
+
+
+# ----------------------------------------------------------------------------- tfds (mock data, no TensorFlow)
+
+MOCK_N = 48
+
+
+@pytest.fixture
+def mock_tfds():
+    with tfds.testing.mock_data(num_examples=MOCK_N):
+        yield
+
+
+def _raw_split(name, split):
+    """Reference: the images / labels as tfds.data_source itself returns them, scaled by hand."""
+    src = tfds.data_source(name, split=split)
+    records = [src[i] for i in range(len(src))]
+    x = np.stack([r["image"] for r in records]).astype(np.float64) / 127.5 - 1.0
+    labels = np.array([r["label"] for r in records]) if "label" in records[0] else None
+    return x, labels
+
+
+def _rows(x):
+    return np.ascontiguousarray(x.reshape(len(x), -1))
+
+
+@pytest.mark.parametrize("name,shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
+def test_tfds_pipeline_on_mock_data(mock_tfds, name, shape):
+    ref_x, ref_labels = _raw_split(name, "train")
+    cfg = data.default_data_config(name)
+    assert data.dataset_info(cfg) == data.DatasetInfo(name, shape, 10, MOCK_N, MOCK_N)
+    test = data.load_split(cfg, "test")
+    ref_test_x, ref_test_labels = _raw_split(name, "test")
+    np.testing.assert_allclose(test["x"], ref_test_x, atol=1e-6)
+    np.testing.assert_array_equal(test["label"], ref_test_labels)
+    assert test["x"].dtype == np.float32 and test["label"].dtype == np.int32
+
+    # One epoch (3 steps of 16) returns every training example once, with its label; cifar10 flips.
+    it = data.make_train_iterator(cfg, global_batch_size=16, seed=1, process_index=0, process_count=1)
+    batches = take(it, 3)
+    for b in batches:
+        assert b["x"].shape == (16, *shape) and b["x"].dtype == np.float32
+        assert b["label"].shape == (16,) and b["label"].dtype == np.int32
+        assert -1.0 <= b["x"].min() and b["x"].max() <= 1.0
+    x = np.concatenate([b["x"] for b in batches]).astype(np.float64)
+    labels = np.concatenate([b["label"] for b in batches])
+    found = []
+    for xi, li in zip(x, labels):
+        match = [j for j in range(MOCK_N) if np.allclose(ref_x[j], xi, atol=1e-6)
+                 or (cfg.random_flip and np.allclose(ref_x[j][:, ::-1], xi, atol=1e-6))]
+        assert match, "a batch row is not a (flipped) source image"
+        found.append(match[0])
+        assert ref_labels[match[0]] == li
+    assert sorted(found) == list(range(MOCK_N))
+    assert cfg.random_flip == (name == "cifar10")
+
+    # Checkpointable position and per-process split.
+    state = it.get_state()
+    expected = take(it, 4)
+    fresh = data.make_train_iterator(cfg, global_batch_size=16, seed=1, process_index=0, process_count=1)
+    fresh.set_state(state)
+    assert_batches_equal(take(fresh, 4), expected)
+    whole = take(data.make_train_iterator(cfg, global_batch_size=16, seed=1, process_index=0, process_count=1), 7)
+    parts = [take(data.make_train_iterator(cfg, global_batch_size=16, seed=1, process_index=p, process_count=2), 7)
+             for p in range(2)]
+    for step, b in enumerate(whole):
+        for key in b:
+            np.testing.assert_array_equal(np.concatenate([parts[0][step][key], parts[1][step][key]]), b[key])
+
+
+def test_tfds_celeb_a_center_crop_and_resize(mock_tfds):
+    cfg = data.default_data_config("celeb_a")
+    assert (cfg.center_crop, cfg.image_size) == (140, 64)
+    info = data.dataset_info(cfg)
+    assert info.shape == (64, 64, 3) and info.num_classes is None
+    out = data.load_split(cfg, "train", max_examples=4)
+    assert out.keys() == {"x"} and out["x"].shape == (4, 64, 64, 3)
+    src = tfds.data_source("celeb_a", split="train")
+    raw = np.stack([src[i]["image"] for i in range(4)]).astype(np.float32)  # (218, 178)
+    crop = raw[:, 39:179, 19:159]  # central 140 x 140
+    ref = np.asarray(jax.image.resize(crop, (4, 64, 64, 3), "bicubic", antialias=True)) / 127.5 - 1.0
+    err = np.abs(out["x"] - ref)
+    assert err.max() < 0.04 and err.mean() < 0.005, (err.max(), err.mean())  # PIL vs jax bicubic, uint8 rounding
+    b = next(data.make_train_iterator(cfg, global_batch_size=4, seed=0, process_index=0, process_count=1))
+    assert b["x"].shape == (4, 64, 64, 3) and "label" not in b
+
+
+def test_tfds_other_image_dataset_passes_through(mock_tfds):
+    cfg = data.default_data_config("svhn_cropped")
+    assert data.dataset_info(cfg) == data.DatasetInfo("svhn_cropped", (32, 32, 3), 10, MOCK_N, MOCK_N)
+    with pytest.raises(ValueError, match="no 'image' feature"):
+        data.dataset_info(data.default_data_config("imdb_reviews"))
+
+
+def test_tfds_not_prepared_error_says_how_to_prepare(tmp_path):
+    cfg = data.default_data_config("cifar10")
+    cfg.data_dir = str(tmp_path)
+    for call in (lambda: data.dataset_info(cfg),
+                 lambda: data.make_train_iterator(cfg, global_batch_size=8, seed=0, process_index=0, process_count=1)):
+        with pytest.raises(data.DatasetNotPreparedError) as e:
+            call()
+        msg = str(e.value)
+        assert isinstance(e.value, ValueError) and "\n" not in msg
+        for part in ("'cifar10'", str(tmp_path), "download_and_prepare", "file_format='array_record'",
+                     "TFDS_DATA_DIR", "tensorflow"):
+            assert part in msg, part
+    assert list(tmp_path.iterdir()) == []  # nothing downloaded or written
+    assert "tensorflow" not in sys.modules  # the tfds path never imports TensorFlow

@@ -15,4 +15,5 @@ from jaxgen.data.pipeline import (  # noqa: F401
     load_split,
     make_train_iterator,
 )
+from jaxgen.data.tfds_source import DatasetNotPreparedError  # noqa: F401
 from jaxgen.data.toy import TOY_NAMES, gmm_grid_params, sample_toy  # noqa: F401

@@ -289,6 +289,5 @@ def dataset_info(data_config) -> DatasetInfo:
         return DatasetInfo(cfg.name, (2,), toy_lib.TOY_NUM_CLASSES[cfg.name], n, n)
     train = _open_split(cfg, cfg.split_train)
     test = _open_split(cfg, cfg.split_test)
-    example = train.load(np.arange(1))
-    return DatasetInfo(cfg.name, tuple(example["x"].shape[1:]), train.num_classes,
+    return DatasetInfo(cfg.name, tuple(train.shape), train.num_classes,
                        _capped_len(train, cfg.max_examples), _capped_len(test, cfg.max_examples))
