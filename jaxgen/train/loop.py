@@ -48,8 +48,8 @@ def maybe_initialize_distributed(dist_config) -> None:
                      or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""))
     if mode in ("true", "always", "1") or explicit or (mode == "auto" and multihost_env):
         if explicit:
-            if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-                jax.config.update("jax_cpu_collectives_implementation", "gloo")
+            # Cross-process collectives for CPU devices (a no-op for TPU/GPU); must precede backend start.
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
             jax.distributed.initialize(coordinator_address=dist_config.coordinator_address,
                                        num_processes=dist_config.num_processes,
                                        process_id=dist_config.process_id)
@@ -121,6 +121,16 @@ class _Progress:
             self.bar.close()
 
 
+def sharded_train_step(task, state_sharding, batch_sharding, train_key):
+    """jit(step(state, batch, step_number)) with the state donated; the key of step s is fold_in(train_key, s)."""
+
+    def step_fn(state, batch, step):
+        return task.train_step(state, batch, jax.random.fold_in(train_key, step))
+
+    return jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding, None),
+                   out_shardings=(state_sharding, None), donate_argnums=(0,))
+
+
 def train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
     """Train `config.task` in `workdir` (resuming if it holds checkpoints); returns the final eval metrics."""
     maybe_initialize_distributed(config.distributed)
@@ -159,11 +169,7 @@ def train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
         start = 0
         state = jax.jit(task.init, out_shardings=state_sharding)(init_key)
 
-    def step_fn(state, batch, step):
-        return task.train_step(state, batch, jax.random.fold_in(train_key, step))
-
-    train_step = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding, None),
-                         out_shardings=(state_sharding, None), donate_argnums=(0,))
+    train_step = sharded_train_step(task, state_sharding, batch_sharding, train_key)
 
     cfg = config.train
     num_steps = cfg.num_steps

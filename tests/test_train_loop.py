@@ -1,0 +1,139 @@
+"""The training loop: one trace, bitwise resume after SIGTERM/SIGKILL, sharded == single device,
+restore onto another device count, non-finite stop, 2 processes x 4 devices == 1 x 8."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgen import config as config_lib
+from jaxgen import tasks
+from jaxgen.train.logging import read_metrics
+from jaxgen.train.loop import NonFiniteError, train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY = "configs/ddpm_toy2d.py:smoke"
+# Constant lr: runs of different lengths share the same schedule, so they can be compared step by step.
+CONSTANT_LR = ["--config.optimizer.schedule=constant", "--config.optimizer.warmup_steps=0"]
+
+
+def _run(workdir, *overrides, devices=8, env=None, config=TOY, wait=True):
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS="cpu", **(env or {}))
+    cmd = [sys.executable, "-m", "jaxgen.run", "--config", config, "--workdir", str(workdir), *overrides]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def _losses(workdir):
+    return {row["step"]: row["loss"] for row in read_metrics(str(workdir)) if "loss" in row}
+
+
+def _load(spec, **overrides):
+    c = config_lib.load_config(os.path.join(ROOT, spec))
+    config_lib.apply_overrides(c, list(overrides.items()))
+    return c
+
+
+def test_step_traced_once_and_metrics_logged(tmp_path):
+    config = _load(TOY, **{"train.num_steps": "6", "train.log_every": "2"})
+    task = tasks.build(config)
+    traces = []
+
+    def counting_step(state, batch, key):
+        traces.append(1)
+        return task.train_step(state, batch, key)
+
+    out = train_and_evaluate(config, str(tmp_path), task=tasks.Task(task.init, counting_step, task.evaluate))
+    assert len(traces) == 1
+    rows = read_metrics(str(tmp_path))
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train_rows] == [2, 4, 6]
+    for key in ("loss", "grad_norm", "param_norm", "learning_rate", "steps_per_sec", "examples_per_sec"):
+        assert all(np.isfinite(r[key]) for r in train_rows), key
+    assert "eval/sw2" in out and os.path.exists(tmp_path / "figures" / "samples.png")
+    assert os.path.exists(tmp_path / "config.json") and os.listdir(tmp_path / "tensorboard")
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    config = _load(TOY, **{"train.num_steps": "10", "train.log_every": "5", "train.checkpoint_every": "2"})
+    task = tasks.build(config)
+
+    def step_nan_from_5(state, batch, key):
+        state, metrics = task.train_step(state, batch, key)
+        bad = state.step > 5  # the 6th step onwards
+        return state, dict(metrics, loss=jnp.where(bad, jnp.nan, metrics["loss"]))
+
+    with pytest.raises(NonFiniteError, match=r"non-finite loss at step 6 \(in the window of steps 5-6\).*step 4"):
+        train_and_evaluate(config, str(tmp_path), task=tasks.Task(task.init, step_nan_from_5, task.evaluate))
+    steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+    assert steps and max(steps) == 4
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_resume_after_kill_is_bitwise_identical(tmp_path, sig):
+    steps = ["--config.train.num_steps=3000", "--config.train.log_every=1", "--config.train.checkpoint_every=200"]
+    _run(tmp_path / "full", *steps)
+    proc = _run(tmp_path / "cut", *steps, wait=False)
+    ckpt_dir = tmp_path / "cut" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:  # stop once one checkpoint is on disk
+        if ckpt_dir.exists() and any(d.isdigit() for d in os.listdir(ckpt_dir)):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted: " + proc.communicate()[1][-2000:]
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143, err[-2000:]
+        assert "preempted: checkpoint of step" in err
+    cut_at = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+    assert 0 < cut_at < 3000
+    _run(tmp_path / "cut", *steps)
+    full, resumed = _losses(tmp_path / "full"), _losses(tmp_path / "cut")
+    assert sorted(resumed) == list(range(1, 3001))
+    assert [resumed[s] for s in range(cut_at + 1, 3001)] == [full[s] for s in range(cut_at + 1, 3001)]
+
+
+def test_eight_devices_match_one_and_restore_across_device_counts(tmp_path):
+    steps = ["--config.train.log_every=1", "--config.train.checkpoint_every=4", *CONSTANT_LR]
+    _run(tmp_path / "one", "--config.train.num_steps=8", *steps, devices=1)
+    _run(tmp_path / "eight", "--config.train.num_steps=8", *steps, devices=8)
+    _run(tmp_path / "switch", "--config.train.num_steps=4", *steps, devices=8)
+    _run(tmp_path / "switch", "--config.train.num_steps=8", *steps, devices=1)  # restores the 8-device checkpoint
+    one, eight, switch = (_losses(tmp_path / d) for d in ("one", "eight", "switch"))
+    want = [one[s] for s in range(1, 9)]
+    np.testing.assert_allclose([eight[s] for s in range(1, 9)], want, rtol=1e-5)
+    np.testing.assert_allclose([switch[s] for s in range(1, 9)], want, rtol=1e-5)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_of_four_devices_match_one_of_eight(tmp_path):
+    steps = ["--config.train.num_steps=6", "--config.train.log_every=1", "--config.train.checkpoint_every=3"]
+    _run(tmp_path / "single", *steps, devices=8)
+    port = _free_port()
+    procs = [_run(tmp_path / "multi", *steps, f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                  "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}",
+                  devices=4, wait=False) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    single, multi = _losses(tmp_path / "single"), _losses(tmp_path / "multi")
+    np.testing.assert_allclose([multi[s] for s in range(1, 7)], [single[s] for s in range(1, 7)], rtol=1e-5)
+    with open(tmp_path / "multi" / "final_metrics.json") as f:
+        assert np.isfinite(json.load(f)["eval/sw2"])
