@@ -56,7 +56,9 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
 
 def _parse_value(raw: str, current: Any, dotted: str) -> Any:
-    """Parse an override string into the type of the value it replaces."""
+    """Parse an override string into the type of the value it replaces ('None' clears any field)."""
+    if raw == "None":
+        return None
     if isinstance(current, bool):
         low = raw.lower()
         if low in ("true", "1", "yes"):

@@ -74,7 +74,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         bad = state.step > 5  # the 6th step onwards
         return state, dict(metrics, loss=jnp.where(bad, jnp.nan, metrics["loss"]))
 
-    with pytest.raises(NonFiniteError, match=r"non-finite loss at step 6 \(in the window of steps 5-6\).*step 4"):
+    with pytest.raises(NonFiniteError, match=r"non-finite loss at step 6 \(in the window of steps 6-6\).*step 4"):
         train_and_evaluate(config, str(tmp_path), task=tasks.Task(task.init, step_nan_from_5, task.evaluate))
     steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
     assert steps and max(steps) == 4
