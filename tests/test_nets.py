@@ -13,13 +13,26 @@ from jaxgen.nets.unet import group_count
 
 
 def _randomize(model, seed=0, scale=0.05):
-    """Replace every parameter by small noise, so zero-initialised layers no longer hide anything."""
+    """Replace every parameter by small host-side noise, so zero-initialised layers hide nothing.
+
+    Works on an abstract model from `nnx.eval_shape` too (which skips the slow eager init).
+    """
+    rng = np.random.default_rng(seed)
     state = nnx.state(model, nnx.Param)
-    leaves, treedef = jax.tree.flatten(state)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    new = [scale * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
-    nnx.update(model, jax.tree.unflatten(treedef, new))
+    new = jax.tree.map(lambda p: jnp.asarray(scale * rng.standard_normal(p.shape), p.dtype), state)
+    nnx.update(model, new)
     return model
+
+
+def _jitted(model):
+    """jit(apply) with the parameters as an argument, so re-randomised weights reuse the compile."""
+    graphdef, _ = nnx.split(model)
+
+    @jax.jit
+    def apply(state, x, t, key=None):
+        return nnx.merge(graphdef, state)(x, t, key=key)
+
+    return lambda x, t, key=None: apply(nnx.state(model), x, t, key)
 
 
 def _small_unet(**kw):
@@ -59,19 +72,25 @@ def test_group_count_divides():
     (dict(in_channels=3, out_channels=6, ch=16, ch_mult=(1, 2, 2, 2), attn_resolutions=(16,),
           num_res_blocks=1, image_size=32), (32, 32, 3)),
 ])
-def test_unet_shapes_and_zero_init(kw, shape):
-    model = UNet(**kw, rngs=nnx.Rngs(0))
+def test_unet_shapes(kw, shape):
+    model = _randomize(nnx.eval_shape(lambda: UNet(**kw, rngs=nnx.Rngs(0))))
+    apply = _jitted(model)
     x = jax.random.normal(jax.random.key(1), (2, *shape))
-    y = model(x, jnp.array([0.1, 0.9]))
     c_out = kw.get("out_channels", shape[-1])
-    chex.assert_shape(y, (2, *shape[:2], c_out))
-    # the output conv starts at zero (DDPM): an untrained eps-model predicts 0
-    np.testing.assert_array_equal(np.asarray(y), 0.0)
-    _randomize(model)
-    y = model(x, 0.5)  # scalar t is broadcast
+    y = apply(x, jnp.array([0.5, 0.5]))
     chex.assert_shape(y, (2, *shape[:2], c_out))
     chex.assert_tree_all_finite(y)
     assert float(jnp.abs(y).max()) > 0
+
+
+def test_unet_starts_at_zero():
+    # the output conv starts at zero (DDPM): an untrained eps-model predicts 0
+    model = _small_unet()
+    for p in jax.tree.leaves(nnx.state(model.conv_out, nnx.Param)):
+        np.testing.assert_array_equal(np.asarray(p), 0.0)
+    y = _jitted(model)(jax.random.normal(jax.random.key(1), (2, 8, 8, 1)), jnp.array([0.1, 0.9]))
+    chex.assert_shape(y, (2, 8, 8, 1))
+    np.testing.assert_array_equal(np.asarray(y), 0.0)
 
 
 def test_unet_cifar_recipe_parameter_count():
@@ -83,7 +102,7 @@ def test_unet_cifar_recipe_parameter_count():
 
 
 def test_unet_dropout_only_with_key():
-    model = _randomize(_small_unet(dropout=0.3))
+    model = _jitted(_randomize(nnx.eval_shape(lambda: _small_unet(dropout=0.3))))
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
     t = jnp.array([0.2, 0.7])
     y0, y0b = model(x, t), model(x, t)
@@ -94,12 +113,12 @@ def test_unet_dropout_only_with_key():
     assert float(jnp.abs(y1 - y0).max()) > 1e-4
     assert float(jnp.abs(y1 - y2).max()) > 1e-4
     # rate 0: a key changes nothing
-    model0 = _randomize(_small_unet(dropout=0.0))
+    model0 = _jitted(_randomize(nnx.eval_shape(lambda: _small_unet(dropout=0.0))))
     np.testing.assert_array_equal(np.asarray(model0(x, t)), np.asarray(model0(x, t, key=k1)))
 
 
 def test_unet_depends_on_time_and_is_jittable():
-    model = _randomize(_small_unet())
+    model = _randomize(nnx.eval_shape(_small_unet))
     graphdef, state = nnx.split(model)
 
     @jax.jit
@@ -109,17 +128,19 @@ def test_unet_depends_on_time_and_is_jittable():
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
     y_a, y_b = apply(state, x, jnp.array([0.1, 0.1])), apply(state, x, jnp.array([0.9, 0.9]))
     assert float(jnp.abs(y_a - y_b).max()) > 1e-4
-    np.testing.assert_allclose(np.asarray(y_a), np.asarray(model(x, jnp.array([0.1, 0.1]))),
+    # a scalar t is broadcast over the batch
+    np.testing.assert_allclose(np.asarray(y_a), np.asarray(apply(state, x, 0.1)),
                                rtol=1e-5, atol=1e-6)
 
 
 def test_unet_bfloat16_compute_keeps_float32_params():
-    m32 = _randomize(_small_unet(dropout=0.0))
-    m16 = _randomize(_small_unet(dropout=0.0, dtype=jnp.bfloat16))
+    # the same parameters, computed in float32 and in bfloat16
+    m32 = _randomize(nnx.eval_shape(lambda: _small_unet(dropout=0.0)), seed=3)
+    m16 = _randomize(nnx.eval_shape(lambda: _small_unet(dropout=0.0, dtype=jnp.bfloat16)), seed=3)
     for p in jax.tree.leaves(nnx.state(m16, nnx.Param)):
         assert p.dtype == jnp.float32
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
-    y32, y16 = m32(x, 0.3), m16(x, 0.3)
+    y32, y16 = _jitted(m32)(x, 0.3), _jitted(m16)(x, 0.3)
     assert y16.dtype == jnp.float32
     rel = float(jnp.linalg.norm(y16 - y32) / jnp.linalg.norm(y32))
     assert rel < 5e-2, rel
@@ -133,7 +154,7 @@ def test_unet_rejects_bad_config():
     with pytest.raises(ValueError, match="dropout"):
         UNet(1, ch=16, ch_mult=(1, 2), attn_resolutions=(), dropout=1.0, image_size=8,
              rngs=nnx.Rngs(0))
-    model = _small_unet()
+    model = nnx.eval_shape(_small_unet)
     with pytest.raises(ValueError, match="shape"):
         model(jnp.zeros((2, 8, 8, 3)), 0.5)
 
@@ -180,5 +201,6 @@ def test_mlp_denoiser_shapes_dropout_and_fit():
 def test_classifier_shapes(size, channels):
     model = Classifier(channels, 10, size, 16, rngs=nnx.Rngs(0))
     x = jnp.ones((3, size, size, channels))
-    chex.assert_shape(model(x), (3, 10))
-    chex.assert_shape(model.features(x), (3, model.feature_dim))
+    logits, feats = nnx.jit(lambda m, x: (m(x), m.features(x)))(model, x)
+    chex.assert_shape(logits, (3, 10))
+    chex.assert_shape(feats, (3, model.feature_dim))
