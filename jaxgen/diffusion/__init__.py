@@ -26,3 +26,18 @@ from jaxgen.diffusion.processes import (  # noqa: F401
     velocity_to_x0_eps,
 )
 from jaxgen.diffusion.ddpm import q_sample, ddpm_loss, ddpm_sample, ddpm_posterior  # noqa: F401
+from jaxgen.diffusion.oracle import GaussianMixture, oracle_2d, oracle_16d, oracle_gaussian  # noqa: F401
+from jaxgen.diffusion.samplers import (  # noqa: F401
+    skip_timesteps,
+    ddim_step,
+    vp_sample,
+    ddim_sample,
+    ddpm_skip_sample,
+    pc_sample,
+    edm_sigmas,
+    time_grid,
+    ode_sample,
+    ode_nfe,
+    reference_ode_solve,
+    ODE_SOLVERS,
+)

@@ -99,6 +99,28 @@ class Process:
         """lambda(t) = log(alpha(t)^2 / sigma(t)^2)."""
         return 2.0 * (jnp.log(self.alpha(t)) - jnp.log(self.sigma(t)))
 
+    def sigma_ratio(self, t: Array) -> Array:
+        """sigma(t) / alpha(t): the EDM noise level of x_t / alpha(t) = x0 + (sigma/alpha) eps."""
+        return self.sigma(t) / self.alpha(t)
+
+    def time_of_log_snr(self, lam: Array) -> Array:
+        """Inverse of log_snr (decreasing in t) by bisection on [0, 1] (subclasses override with closed forms)."""
+        lam = jnp.asarray(lam, jnp.result_type(float))
+        lo, hi = jnp.zeros_like(lam), jnp.ones_like(lam)
+
+        def body(_, lohi):
+            lo, hi = lohi
+            mid = 0.5 * (lo + hi)
+            go_right = self.log_snr(mid) > lam  # still too clean: the answer is later
+            return jnp.where(go_right, mid, lo), jnp.where(go_right, hi, mid)
+
+        lo, hi = jax.lax.fori_loop(0, 60, body, (lo, hi))
+        return 0.5 * (lo + hi)
+
+    def time_of_sigma_ratio(self, r: Array) -> Array:
+        """t such that sigma(t) / alpha(t) = r (r > 0)."""
+        return self.time_of_log_snr(-2.0 * jnp.log(jnp.asarray(r, jnp.result_type(float))))
+
     def marginal(self, x0: Array, t: Array, eps: Array) -> Array:
         """x_t = alpha(t) x0 + sigma(t) eps, with t of shape [B] (or scalar) and x0, eps of shape [B, ...]."""
         a, s = self.alpha_sigma(t)
@@ -143,6 +165,7 @@ class DiscreteVP(Process):
         posterior_variance[i]    beta_tilde_i = beta_i (1 - abar_{i-1}) / (1 - abar_i)
         posterior_mean_coef_x0[i]  beta_i sqrt(abar_{i-1}) / (1 - abar_i)
         posterior_mean_coef_xt[i]  (1 - abar_{i-1}) sqrt(alpha_i) / (1 - abar_i)
+        log_alphas_cumprod[i]    log abar_i (from float64, so 1 - abar stays accurate near t = 0)
 
     so that q(x_{i-1} | x_i, x0) = N(coef_x0 x0 + coef_xt x_i, beta_tilde_i I).
 
@@ -159,6 +182,7 @@ class DiscreteVP(Process):
     posterior_variance: Array
     posterior_mean_coef_x0: Array
     posterior_mean_coef_xt: Array
+    log_alphas_cumprod: Array
     num_steps: int
     name: str = "custom"
 
@@ -191,6 +215,7 @@ class DiscreteVP(Process):
             posterior_variance=cast(post_var),
             posterior_mean_coef_x0=cast(coef_x0),
             posterior_mean_coef_xt=cast(coef_xt),
+            log_alphas_cumprod=cast(np.cumsum(np.log1p(-beta))),
             num_steps=int(T),
             name=name,
         )
@@ -207,7 +232,7 @@ class DiscreteVP(Process):
     # --- continuous view (log-linear interpolation of abar between grid points)
     def _log_abar(self, t: Array) -> Array:
         t = jnp.asarray(t, self.alphas_cumprod.dtype)
-        grid = jnp.log(self.alphas_cumprod)
+        grid = self.log_alphas_cumprod
         u = jnp.clip(t, 0.0, 1.0) * self.num_steps
         lo = jnp.clip(jnp.floor(u), 0, self.num_steps - 1).astype(jnp.int32)
         w = u - lo
@@ -218,6 +243,19 @@ class DiscreteVP(Process):
 
     def sigma(self, t: Array) -> Array:
         return jnp.sqrt(-jnp.expm1(self._log_abar(t)))
+
+    def time_of_log_snr(self, lam: Array) -> Array:
+        """Exact inverse of the interpolated log-SNR: log abar = -log(1 + exp(-lam)), then invert the
+        piecewise-linear log abar(t) (decreasing) on its grid."""
+        lam = jnp.asarray(lam, self.alphas_cumprod.dtype)
+        target = -jax.nn.softplus(-lam)  # log abar
+        grid = self.log_alphas_cumprod  # decreasing, grid[0] = 0
+        # number of grid points >= target, minus one, is the left end of the interval
+        lo = jnp.clip(jnp.sum(grid[None, :] >= target[..., None], axis=-1) - 1, 0, self.num_steps - 1)
+        lo = jnp.reshape(lo, jnp.shape(target))
+        g0, g1 = grid[lo], grid[lo + 1]
+        w = jnp.clip((target - g0) / (g1 - g0), 0.0, 1.0)
+        return (lo + w) / self.num_steps
 
 
 def make_schedule(name: str = "linear", num_steps: int = 1000, dtype=jnp.float32) -> DiscreteVP:
@@ -305,6 +343,9 @@ class EDM(Process):
     def time_of_sigma(self, sigma):
         return jnp.asarray(sigma) / self.sigma_max
 
+    def time_of_log_snr(self, lam):
+        return jnp.exp(-0.5 * jnp.asarray(lam, jnp.result_type(float))) / self.sigma_max
+
 
 @_pytree_dataclass
 class RectifiedFlow(Process):
@@ -316,6 +357,10 @@ class RectifiedFlow(Process):
 
     def sigma(self, t):
         return jnp.asarray(t, jnp.result_type(float))
+
+    def time_of_log_snr(self, lam):
+        # sigma/alpha = t / (1 - t) = exp(-lam/2)
+        return jax.nn.sigmoid(-0.5 * jnp.asarray(lam, jnp.result_type(float)))
 
 
 def make_process(name: str, **kwargs) -> Process:
