@@ -3,12 +3,13 @@
 `jaxgen.ssm.hippo.legs(N)`, `jaxgen.ssm.hippo.legt(N, theta)` and `jaxgen.ssm.discretize(A, B, step, method)`
 are the stable public API (see DESIGN.md).
 """
-from jaxgen.ssm import discretize as _discretize_module
-from jaxgen.ssm import hippo, kernels
+from jaxgen.ssm import hippo, kernels, layers, lru
 from jaxgen.ssm.discretize import discretize, discretize_diag, discretize_legs, legs_step
+from jaxgen.ssm.layers import S4, S4D, SSM_PARAM_PATTERN, SequenceModel, SSMBlock
+from jaxgen.ssm.lru import LRU
 
-# Parameters that want a lower learning rate and no weight decay (matched on the parameter path).
-SSM_PARAM_PATTERN = r"(A_re|A_im|B_re|B_im|P_re|P_im|log_step|nu_log|theta_log|gamma_log)$"
+# SSM_PARAM_PATTERN: parameters that want a lower learning rate and no weight decay (matched on
+# the end of the parameter path by the optimizer factory); see jaxgen.ssm.layers.
 
 __all__ = [
     "SSM_PARAM_PATTERN",
@@ -18,4 +19,11 @@ __all__ = [
     "legs_step",
     "hippo",
     "kernels",
+    "layers",
+    "lru",
+    "S4",
+    "S4D",
+    "LRU",
+    "SSMBlock",
+    "SequenceModel",
 ]
