@@ -41,3 +41,14 @@ from jaxgen.diffusion.samplers import (  # noqa: F401
     reference_ode_solve,
     ODE_SOLVERS,
 )
+from jaxgen.diffusion.analytic_dpm import (  # noqa: F401
+    estimate_gamma,
+    analytic_variance,
+    analytic_dpm_sample,
+    kl_step_costs,
+    optimal_trajectory,
+    sn_dpm_loss,
+    npr_dpm_loss,
+    sn_cov_fn,
+    npr_cov_fn,
+)
