@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxgen.nets.autoencoder import QUANTIZERS, QuantizedAutoencoder, update_quantizer_state
+from jaxgen.nets.autoencoder import QuantizedAutoencoder, update_quantizer_state
 
 SMALL = dict(channels=(8, 16), num_codes=16, levels=(5, 3, 3, 2))  # latent dim 4 for both VQ and FSQ
 

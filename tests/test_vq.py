@@ -12,6 +12,7 @@ from jaxgen.quant import (
     code_counts,
     codebook_perplexity,
     codebook_usage,
+    ema_codebook,
     ema_update,
     kmeans_plusplus_init,
     nearest_code,
@@ -108,7 +109,6 @@ def test_ema_converges_to_cluster_means():
     for _ in range(60):
         state = step(state)
     means = np.stack([z[np.arange(64) % K == k].mean(0) for k in range(K)])
-    from jaxgen.quant import ema_codebook
     np.testing.assert_allclose(np.asarray(ema_codebook(state)), means, rtol=1e-4, atol=1e-5)
 
 

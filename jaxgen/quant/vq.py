@@ -26,7 +26,7 @@ How a functional train step must use it (the forward pass never mutates state):
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         # after the gradient step: EMA codebook / usage statistics, then dead-code restarts (key=None: none)
-        params, rest = update_quantizer_state(graphdef, params, rest, out, key=key)
+        params, rest = update_quantizer_state(graphdef, params, rest, out=out, key=key)
         return params, rest, opt_state, loss
 
 (`jaxgen.nets.autoencoder.update_quantizer_state`; it merges, calls `VectorQuantizer.update_state`,
