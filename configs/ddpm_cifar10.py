@@ -20,6 +20,7 @@ import ml_collections
 
 from jaxgen.config import base_config
 from jaxgen.data import default_data_config
+from jaxgen.tasks.ddpm import eval_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -40,8 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.warmup_steps = 5000
     c.optimizer.grad_clip = 1.0
     c.ema_decay = 0.9999
-    c.eval = ml_collections.ConfigDict(dict(
-        num_samples=10_000, variance="beta", clip_x0=1.0, untrained_baseline=False))
+    c.eval = eval_config(num_samples=10_000, variance="beta", clip_x0=1.0)
     if arg == "smoke":
         c.train.num_steps = 2
         c.train.batch_size = 8

@@ -13,6 +13,7 @@ import ml_collections
 
 from jaxgen.config import base_config
 from jaxgen.data import default_data_config
+from jaxgen.tasks.ddpm import eval_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -29,8 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.schedule = "cosine"
     c.optimizer.warmup_steps = 100
     c.ema_decay = 0.995
-    c.eval = ml_collections.ConfigDict(dict(
-        num_samples=2000, variance="beta_tilde", clip_x0=None, untrained_baseline=True))
+    c.eval = eval_config(num_samples=2000, variance="beta_tilde", clip_x0=None, untrained_baseline=True)
     if arg == "smoke":
         c.train.num_steps = 4
         c.train.batch_size = 32

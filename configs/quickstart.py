@@ -14,6 +14,7 @@ import ml_collections
 
 from jaxgen.config import base_config
 from jaxgen.data import default_data_config
+from jaxgen.tasks.ddpm import eval_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -33,8 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.warmup_steps = 100
     c.optimizer.grad_clip = 1.0
     c.ema_decay = 0.995
-    c.eval = ml_collections.ConfigDict(dict(
-        num_samples=500, variance="beta", clip_x0=1.0, untrained_baseline=True))
+    c.eval = eval_config(num_samples=500, variance="beta", clip_x0=1.0, untrained_baseline=True)
     if arg == "smoke":
         c.train.num_steps = 4
         c.train.batch_size = 16
