@@ -1,1 +1,13 @@
+"""Sample-quality metrics and distribution distances."""
+from jaxgen.metrics.codebook import codebook_usage, perplexity
+from jaxgen.metrics.distances import mmd, sliced_wasserstein, wasserstein2_1d_squared
+from jaxgen.metrics.features import (ClassifierFeatures, FeatureExtractor, classifier_features,
+                                     default_cache_dir, train_classifier)
+from jaxgen.metrics.frechet import (feature_stats, frechet_distance,
+                                    frechet_distance_from_features)
 
+__all__ = [
+    "ClassifierFeatures", "FeatureExtractor", "classifier_features", "codebook_usage",
+    "default_cache_dir", "feature_stats", "frechet_distance", "frechet_distance_from_features",
+    "mmd", "perplexity", "sliced_wasserstein", "train_classifier", "wasserstein2_1d_squared",
+]

@@ -1,0 +1,32 @@
+"""Codebook health for vector-quantised models: usage and perplexity."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def _counts(indices, codebook_size: int) -> jax.Array:
+    if int(codebook_size) < 1:
+        raise ValueError(f"codebook_size must be >= 1, got {codebook_size}")
+    idx = jnp.asarray(indices).reshape(-1)
+    if not jnp.issubdtype(idx.dtype, jnp.integer):
+        raise ValueError(f"indices must be integers, got dtype {idx.dtype}")
+    if idx.size == 0:
+        raise ValueError("indices must not be empty")
+    # out-of-range indices are dropped by the scatter; callers pass valid codes
+    return jnp.zeros((codebook_size,), jnp.float32).at[idx].add(1.0, mode="drop")
+
+
+def codebook_usage(indices, codebook_size: int) -> jax.Array:
+    """Fraction of the codebook that occurs at least once: |{k : count_k > 0}| / K."""
+    return jnp.mean(_counts(indices, codebook_size) > 0)
+
+
+def perplexity(indices, codebook_size: int) -> jax.Array:
+    """exp of the entropy of the empirical code distribution: exp(-sum_k p_k log p_k).
+
+    Ranges from 1 (one code) to K (uniform use of all K codes); 0 log 0 = 0.
+    """
+    c = _counts(indices, codebook_size)
+    p = c / jnp.sum(c)
+    return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)))
