@@ -294,19 +294,19 @@ def time_grid(process: Process, num_intervals: int, kind: str = "edm", sigma_min
 
     kind: 'edm' (rho-polynomial in sig), 'logsnr' (uniform in log sig), 'uniform' (uniform in t).
     """
-    if sigma_max is None:
-        sigma_max = float(min(80.0, float(process.sigma_ratio(jnp.asarray(1.0, jnp.float32)))))
-    if kind == "edm":
-        sig = edm_sigmas(num_intervals, sigma_min, sigma_max, rho)
-    elif kind == "logsnr":
-        sig = np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), int(num_intervals) + 1))
-    elif kind == "uniform":
-        ends = np.asarray(process.time_of_sigma_ratio(jnp.asarray([sigma_max, sigma_min])), np.float64)
-        return np.linspace(ends[0], ends[1], int(num_intervals) + 1)
-    else:
+    if kind not in ("edm", "logsnr", "uniform"):
         raise ValueError(f"kind must be 'edm', 'logsnr' or 'uniform', got {kind!r}")
-    t = np.asarray(process.time_of_sigma_ratio(jnp.asarray(sig)), np.float64)
-    return t
+    with jax.ensure_compile_time_eval():  # a host-side grid, also when called under jit
+        if sigma_max is None:
+            sigma_max = float(min(80.0, float(process.sigma_ratio(jnp.asarray(1.0, jnp.float32)))))
+        if kind == "uniform":
+            ends = np.asarray(process.time_of_sigma_ratio(jnp.asarray([sigma_max, sigma_min])), np.float64)
+            return np.linspace(ends[0], ends[1], int(num_intervals) + 1)
+        if kind == "edm":
+            sig = edm_sigmas(num_intervals, sigma_min, sigma_max, rho)
+        else:
+            sig = np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), int(num_intervals) + 1))
+        return np.asarray(process.time_of_sigma_ratio(jnp.asarray(sig)), np.float64)
 
 
 def ode_nfe(solver: str, num_intervals: int, afs: bool = False, final_denoise: bool = False) -> int:
