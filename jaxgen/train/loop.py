@@ -237,7 +237,7 @@ def train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
             if last_saved != num_steps and num_steps > start:
                 save(num_steps)
             ckpt.wait()
-            final_metrics = evaluate(num_steps)
+        final_metrics = evaluate(num_steps)  # outside the SIGTERM handler: a stop now just ends the run
     finally:
         ckpt.wait()
         progress.close()
