@@ -136,7 +136,7 @@ def test_unet_depends_on_time_and_is_jittable():
 def test_unet_bfloat16_compute_keeps_float32_params():
     # the same parameters, computed in float32 and in bfloat16
     m32 = _randomize(nnx.eval_shape(lambda: _small_unet(dropout=0.0)), seed=3)
-    m16 = _randomize(nnx.eval_shape(lambda: _small_unet(dropout=0.0, dtype=jnp.bfloat16)), seed=3)
+    m16 = _randomize(nnx.eval_shape(lambda: _small_unet(dropout=0.0, dtype="bfloat16")), seed=3)
     for p in jax.tree.leaves(nnx.state(m16, nnx.Param)):
         assert p.dtype == jnp.float32
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))

@@ -35,6 +35,7 @@ class MLPDenoiser(nnx.Module):
             raise ValueError(f"t_embed must be >= 2, got {t_embed}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        dtype = jnp.dtype(dtype)  # also accepts names from configs, e.g. "bfloat16"
         self.dim, self.depth, self.dropout, self.dtype = dim, depth, dropout, dtype
         init = default_kernel_init()
         kw = dict(kernel_init=init, dtype=dtype, rngs=rngs)

@@ -198,6 +198,7 @@ class UNet(nnx.Module):
                              f"got {bad}")
 
         self.in_channels, self.out_channels, self.image_size = in_channels, out_channels, image_size
+        dtype = jnp.dtype(dtype)  # also accepts names from configs, e.g. "bfloat16"
         self.dtype = dtype
         temb_dim = 4 * ch
         kw = dict(dtype=dtype, rngs=rngs)
