@@ -69,13 +69,19 @@ def test_vandermonde_matches_powers(method, init):
         out = K.kernel_vandermonde(jnp.asarray(lam), jnp.asarray(B), jnp.asarray(C), jnp.asarray(steps), L, method)
         assert out.shape == (3, L) and out.dtype == jnp.float64
         assert rel(out, ref) <= 1e-10
-        chunked = K.kernel_vandermonde(jnp.asarray(lam), jnp.asarray(B), jnp.asarray(C), jnp.asarray(steps), L, method, chunk=64)
-        assert rel(chunked, ref) <= 1e-10
+        for chunk in (64, "auto"):  # blocked: Ab^(b c + j) = Ab^(b c) Ab^j
+            chunked = K.kernel_vandermonde(jnp.asarray(lam), jnp.asarray(B), jnp.asarray(C), jnp.asarray(steps), L, method, chunk=chunk)
+            assert rel(chunked, ref) <= 1e-10
     out32 = K.kernel_vandermonde(
         jnp.asarray(lam, jnp.complex64), jnp.asarray(B, jnp.complex64), jnp.asarray(C, jnp.complex64),
         jnp.asarray(steps, jnp.float32), L, method,
     )
     assert out32.dtype == jnp.float32 and rel(out32, ref) <= 1e-4
+    out32 = K.kernel_vandermonde(
+        jnp.asarray(lam, jnp.complex64), jnp.asarray(B, jnp.complex64), jnp.asarray(C, jnp.complex64),
+        jnp.asarray(steps, jnp.float32), L, method, chunk="auto",
+    )
+    assert rel(out32, ref) <= 1e-4
 
 
 @pytest.mark.parametrize("conj", [True, False])

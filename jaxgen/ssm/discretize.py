@@ -106,6 +106,8 @@ def discretize(A, B, step, method: str = "bilinear", *, alpha=None):
         aug = xp.concatenate([top, xp.zeros((M, N + M), dtype)], axis=0) * step
         E = jsl.expm(aug) if use_jax else scipy.linalg.expm(aug)
         Ab, Bb = E[:N, :N], E[:N, N:]
+    elif a == 0.0:  # forward Euler: explicit, no solve
+        Ab, Bb = I + step * A, step * B2
     else:
         lhs = I - (a * step) * A
         solve = jnp.linalg.solve if use_jax else np.linalg.solve

@@ -20,6 +20,8 @@ low-rank axis r sits before it (P, Q: (..., r, N)); step is (...) (one step per 
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -90,21 +92,27 @@ def kernel_vandermonde(Lambda, B, C, step, L: int, method: str = "zoh", *, conj:
     """S4D kernel K_l = Σ_n C_n Bb_n Ab_n^l (conj: 2 Re of it), Ab, Bb = discretize_diag(Lambda, B, step).
 
     Ab^l = exp(l log Ab) (for ZOH log Ab = d Lambda exactly). Lambda, B, C (..., N); step (...).
-    chunk: if set, the (..., N, L) Vandermonde matrix is built `chunk` columns at a time.
+    chunk=None: the direct product with the (..., N, L) Vandermonde matrix. chunk=c: blocked,
+    l = b c + j, K_{bc+j} = Σ_n [C_n Bb_n Ab_n^{bc}] Ab_n^j — a batched (L/c x N) @ (N x c) matmul
+    with only N (L/c + c) exponentials and O(N (L/c + c)) memory. chunk='auto': c = the power of
+    two nearest sqrt(L).
     """
     step = jnp.asarray(step)[..., None]
     Ab, Bb = discretize_diag(Lambda, B, step, method)
     log_Ab = step * Lambda if method == "zoh" else jnp.log(Ab)
     CB = C * Bb
-
-    def column(l):  # K_l for a scalar l
-        return jnp.sum(CB * jnp.exp(log_Ab * l), axis=-1)
-
-    ls = jnp.arange(L, dtype=jnp.real(log_Ab).dtype)
+    rdtype = jnp.real(log_Ab).dtype
+    if chunk == "auto":
+        chunk = 2 ** round(math.log2(math.sqrt(L)))
     if chunk is None:
-        K = jnp.einsum("...n,...nl->...l", CB, jnp.exp(log_Ab[..., None] * ls))
+        K = jnp.einsum("...n,...nl->...l", CB, jnp.exp(log_Ab[..., None] * jnp.arange(L, dtype=rdtype)))
     else:
-        K = jnp.moveaxis(jax.lax.map(column, ls, batch_size=chunk), 0, -1)
+        c = int(min(chunk, L))
+        n_blocks = -(-L // c)
+        inner = jnp.exp(log_Ab[..., None] * jnp.arange(c, dtype=rdtype))  # (..., N, c)
+        outer = CB[..., None, :] * jnp.exp(log_Ab[..., None, :] * (c * jnp.arange(n_blocks, dtype=rdtype))[:, None])
+        K = jnp.einsum("...bn,...nj->...bj", outer, inner)  # (..., n_blocks, c)
+        K = K.reshape(K.shape[:-2] + (n_blocks * c,))[..., :L]
     return 2.0 * K.real if conj else K
 
 
@@ -140,28 +148,43 @@ def kernel_dplr(Lambda, P, B, C, step, L: int, *, Q=None, conj: bool = True, c_i
     if not c_is_tilde:
         Ab, _ = bilinear_dense(dplr_dense(Lambda, P, Q, conj=False), B, step)
         C = c_tilde(Ab, C, L)
+    batch = jnp.broadcast_shapes(Lambda.shape[:-1], P.shape[:-2], Q.shape[:-2], B.shape[:-1], C.shape[:-1])
+    N, r = Lambda.shape[-1], P.shape[-2]
+    Lambda, B, C = (jnp.broadcast_to(x, batch + (N,)) for x in (Lambda, B, C))
+    P, Q = (jnp.broadcast_to(x, batch + (r, N)) for x in (P, Q))
     Qc = jnp.conj(Q)
     dtype = jnp.result_type(Lambda, P, B, C, 1j)
-    z_all = jnp.exp((-2j * jnp.pi / L) * jnp.arange(L)).astype(dtype)
-    d = step.astype(dtype)
+    # the four Cauchy sums share R: stack their weights as columns and take one matmul
+    # W = [C~ B | C~ P_s | conj(Q_r) B | conj(Q_r) P_s]  (..., N, 1 + 2r + r^2)
+    W = jnp.concatenate(
+        [(C * B)[..., None], jnp.swapaxes(C[..., None, :] * P, -1, -2), jnp.swapaxes(Qc * B[..., None, :], -1, -2),
+         (Qc[..., :, None, :] * P[..., None, :, :]).reshape(batch + (r * r, N)).swapaxes(-1, -2)],
+        axis=-1,
+    ).astype(dtype)
+    d = step.astype(dtype)[..., None]
 
-    def khat(z):  # K^(z) for a scalar root of unity z
+    def khat(z):  # K^ at the roots of unity z (M,) -> (..., M)
         a = 1.0 - z
         b = 0.5 * d * (1.0 + z)
-        R = 1.0 / (a - b[..., None] * Lambda)
-        k00 = jnp.sum(C * R * B, -1)
-        k01 = jnp.einsum("...n,...rn->...r", C * R, P)
-        k10 = jnp.einsum("...rn,...n->...r", Qc, R * B)
-        k11 = jnp.einsum("...rn,...sn->...rs", Qc * R[..., None, :], P)
-        r = P.shape[-2]
-        M = jnp.eye(r, dtype=dtype) + b[..., None, None] * k11
-        corr = jnp.sum(k01 * jnp.linalg.solve(M, k10[..., None])[..., 0], -1)
+        R = 1.0 / (a[..., :, None] - b[..., :, None] * Lambda[..., None, :])
+        S = jnp.einsum("...mn,...nk->...mk", R, W)
+        k00, k01, k10 = S[..., 0], S[..., 1 : 1 + r], S[..., 1 + r : 1 + 2 * r]
+        if r == 1:  # S4's LegS: a scalar division, no batched tiny solves
+            corr = k01[..., 0] * k10[..., 0] / (1.0 + b * S[..., -1])
+        else:
+            k11 = S[..., 1 + 2 * r :].reshape(S.shape[:-1] + (r, r))
+            M = jnp.eye(r, dtype=dtype) + b[..., None, None] * k11
+            corr = jnp.sum(k01 * jnp.linalg.solve(M, k10[..., None])[..., 0], -1)
         return d * (k00 - b * corr)
 
-    if chunk is None:
-        Khat = jax.vmap(khat, out_axes=-1)(z_all)
+    z_all = jnp.exp((-2j * jnp.pi / L) * jnp.arange(L)).astype(dtype)
+    if chunk is None or chunk >= L:
+        Khat = khat(z_all)
     else:
-        Khat = jnp.moveaxis(jax.lax.map(khat, z_all, batch_size=chunk), 0, -1)
+        n = -(-L // chunk)
+        z_pad = jnp.concatenate([z_all, jnp.zeros(n * chunk - L, dtype)]).reshape(n, chunk)
+        Khat = jax.lax.map(khat, z_pad)  # (n, ..., chunk)
+        Khat = jnp.moveaxis(Khat, 0, -2).reshape(Khat.shape[1:-1] + (n * chunk,))[..., :L]
     K = jnp.fft.ifft(Khat, axis=-1)
     return K.real if conj else K
 

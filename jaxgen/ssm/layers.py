@@ -95,18 +95,19 @@ class S4D(_SSMBase):
     """S4D layer: per-channel diagonal SSM with N//2 complex modes, Vandermonde kernel.
 
     Args: d_model (H), N (state size, even), init 'lin' | 'inv' | 'legs', method 'zoh' | 'bilinear',
-    step_min / step_max (log-uniform per-channel step init).
+    step_min / step_max (log-uniform per-channel step init), chunk (block size of the blocked
+    Vandermonde product, see `kernels.kernel_vandermonde`; 'auto' ≈ sqrt(L), None = direct).
     """
 
     def __init__(self, d_model: int, N: int = 64, *, init: str = "lin", method: str = "zoh",
-                 step_min: float = 1e-3, step_max: float = 1e-1, rngs: nnx.Rngs):
+                 step_min: float = 1e-3, step_max: float = 1e-1, chunk="auto", rngs: nnx.Rngs):
         _check_N_even(N)
         _check_steps(step_min, step_max)
         if method not in ("zoh", "bilinear"):
             raise ValueError(f"method must be 'zoh' or 'bilinear', got {method!r}")
         lam, B = hippo.s4d_init(init, N)
         H, N2 = d_model, N // 2
-        self.d_model, self.N, self.method = d_model, N, method
+        self.d_model, self.N, self.method, self.chunk = d_model, N, method, chunk
         tile = lambda v: np.broadcast_to(v, (H, N2))  # noqa: E731
         self.A_re = nnx.Param(_f32(tile(np.log(-lam.real))))
         self.A_im = nnx.Param(_f32(tile(lam.imag)))
@@ -126,7 +127,7 @@ class S4D(_SSMBase):
 
     def kernel(self, L: int):
         """K (H, L) = 2 Re Σ_n C_n Bb_n Ab_n^l."""
-        return kernel_vandermonde(self._lambda(), self._B(), self._C(), self._step(), L, self.method)
+        return kernel_vandermonde(self._lambda(), self._B(), self._C(), self._step(), L, self.method, chunk=self.chunk)
 
     def __call__(self, x_BLH, *, key=None):
         chex.assert_rank(x_BLH, 3)
@@ -148,12 +149,13 @@ class S4(_SSMBase):
     """S4 layer: per-channel DPLR SSM A = diag(Lambda) - P P^*, HiPPO init, Cauchy kernel of length l_max.
 
     Args: d_model (H), N (state size, even; N//2 modes + conjugates), l_max (longest sequence; the
-    trained C~ is tied to it), measure 'legs' | 'legt', step_min / step_max.
+    trained C~ is tied to it), measure 'legs' | 'legt', step_min / step_max, chunk (evaluate the
+    Cauchy sums `chunk` roots of unity at a time: bounds memory; None = all at once).
     Inputs may be shorter than l_max (the length-l_max kernel is truncated, which is exact).
     """
 
     def __init__(self, d_model: int, N: int = 64, *, l_max: int, measure: str = "legs",
-                 step_min: float = 1e-3, step_max: float = 1e-1, rngs: nnx.Rngs):
+                 step_min: float = 1e-3, step_max: float = 1e-1, chunk=None, rngs: nnx.Rngs):
         _check_N_even(N)
         _check_steps(step_min, step_max)
         if not isinstance(l_max, (int, np.integer)) or l_max < 1:
@@ -165,7 +167,7 @@ class S4(_SSMBase):
         lam, P, B = d.Lambda[:N2], d.P[:, :N2], d.B[:N2]
         # Re Lambda = 0 for LegT's normal part; S4 clamps it so the log transform is finite
         re = np.minimum(lam.real, -1e-4)
-        self.d_model, self.N, self.l_max, self.rank = d_model, N, int(l_max), P.shape[0]
+        self.d_model, self.N, self.l_max, self.rank, self.chunk = d_model, N, int(l_max), P.shape[0], chunk
         tile = lambda v: np.broadcast_to(v, (H,) + v.shape)  # noqa: E731
         self.A_re = nnx.Param(_f32(tile(np.log(-re))))
         self.A_im = nnx.Param(_f32(tile(lam.imag)))
@@ -190,7 +192,7 @@ class S4(_SSMBase):
         if L > self.l_max:
             raise ValueError(f"sequence length must be <= l_max={self.l_max}, got {L}")
         lam, P, B, Ct = self._parts()
-        return kernel_dplr(lam, P, B, Ct, self._step(), self.l_max, c_is_tilde=True)[..., :L]
+        return kernel_dplr(lam, P, B, Ct, self._step(), self.l_max, c_is_tilde=True, chunk=self.chunk)[..., :L]
 
     def __call__(self, x_BLH, *, key=None):
         chex.assert_rank(x_BLH, 3)
