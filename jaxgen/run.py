@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
             print(config)
             return 0
         from jaxgen import tasks
+        from jaxgen.train.loop import maybe_initialize_distributed
+
+        maybe_initialize_distributed(config.distributed)  # before anything starts the JAX backend
 
         task = tasks.build(config)  # validates the task's own keys before the workdir is touched
     except ConfigError as e:

@@ -82,7 +82,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_resume_after_kill_is_bitwise_identical(tmp_path, sig):
-    steps = ["--config.train.num_steps=3000", "--config.train.log_every=1", "--config.train.checkpoint_every=200"]
+    steps = ["--config.train.num_steps=600", "--config.train.log_every=1", "--config.train.checkpoint_every=100"]
     _run(tmp_path / "full", *steps)
     proc = _run(tmp_path / "cut", *steps, wait=False)
     ckpt_dir = tmp_path / "cut" / "checkpoints"
@@ -98,11 +98,11 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path, sig):
         assert proc.returncode == 143, err[-2000:]
         assert "preempted: checkpoint of step" in err
     cut_at = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
-    assert 0 < cut_at < 3000
+    assert 0 < cut_at < 600
     _run(tmp_path / "cut", *steps)
     full, resumed = _losses(tmp_path / "full"), _losses(tmp_path / "cut")
-    assert sorted(resumed) == list(range(1, 3001))
-    assert [resumed[s] for s in range(cut_at + 1, 3001)] == [full[s] for s in range(cut_at + 1, 3001)]
+    assert sorted(resumed) == list(range(1, 601))
+    assert [resumed[s] for s in range(cut_at + 1, 601)] == [full[s] for s in range(cut_at + 1, 601)]
 
 
 def test_eight_devices_match_one_and_restore_across_device_counts(tmp_path):
