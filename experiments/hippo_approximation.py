@@ -241,6 +241,8 @@ def main(argv=None):
     fig, ax = plt.subplots(figsize=(6, 4))
     for n in names:
         ax.loglog(rates, [next(r["rel_error"] for r in rate_rows if r["L"] == Lr and r["method"] == n) for Lr in rates], "o-", label=n)
+    ax.set_xticks(rates, [str(r) for r in rates])
+    ax.minorticks_off()
     ax.set_xlabel("samples on [0, 1]")
     ax.set_ylabel("relative RMS error")
     ax.set_title(f"Sampling rate (smooth, N={N_rate}, bilinear)")

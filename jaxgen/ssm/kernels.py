@@ -139,6 +139,8 @@ def kernel_dplr(Lambda, P, B, C, step, L: int, *, Q=None, conj: bool = True, c_i
     z = -1. C~ = C (I - Ab^L) is formed here from the dense Ab (one O(N^3 log L) power) unless
     c_is_tilde (the layer trains C~ directly, as S4 does). Without the correction, the result is
     the kernel of C (I - Ab^L) instead of C: wrong by the (large) Ab^L term.
+    chunk: evaluate `chunk` roots at a time (lax.map over checkpointed blocks: memory O(chunk N)
+    in the forward and the backward pass); None = all L at once.
     Lambda, B, C (..., N); P, Q (..., r, N); step (...). Returns (..., L), real if conj.
     """
     Q = P if Q is None else Q
@@ -183,7 +185,8 @@ def kernel_dplr(Lambda, P, B, C, step, L: int, *, Q=None, conj: bool = True, c_i
     else:
         n = -(-L // chunk)
         z_pad = jnp.concatenate([z_all, jnp.zeros(n * chunk - L, dtype)]).reshape(n, chunk)
-        Khat = jax.lax.map(khat, z_pad)  # (n, ..., chunk)
+        # checkpointed: the backward pass recomputes each block's R instead of storing all (..., L, N)
+        Khat = jax.lax.map(jax.checkpoint(khat), z_pad)  # (n, ..., chunk)
         Khat = jnp.moveaxis(Khat, 0, -2).reshape(Khat.shape[1:-1] + (n * chunk,))[..., :L]
     K = jnp.fft.ifft(Khat, axis=-1)
     return K.real if conj else K

@@ -86,7 +86,7 @@ class _SSMBase(nnx.Module):
         return jnp.exp(self.log_step[...])
 
     def _conv(self, x_BLH, K_HL):
-        u = jnp.swapaxes(x_BLH, 1, 2)
+        u = jnp.swapaxes(x_BLH, 1, 2).astype(K_HL.dtype)  # the FFT runs in the kernel's float dtype
         y = causal_conv(u, K_HL) + self.D[...][:, None] * u
         return jnp.swapaxes(y, 1, 2).astype(x_BLH.dtype)
 
