@@ -427,9 +427,11 @@ def ode_sample(
 
 
 def reference_ode_solve(denoise_fn: Callable, process: Process, x_init: Array, t_start: float, t_end: float,
-                        rtol: float = 1e-6, atol: float = 1e-6, max_steps: int = 100_000) -> Array:
+                        rtol: float = 1e-6, atol: float = 1e-6, max_steps: int = 100_000,
+                        return_nfe: bool = False):
     """High-accuracy reference: the same probability-flow ODE with diffrax Tsit5 and a PID step-size
-    controller, in the variable u = log sig: dy/du = y - D(y, sig) (smooth across noise scales)."""
+    controller, in the variable u = log sig: dy/du = y - D(y, sig) (smooth across noise scales).
+    return_nfe: also return the number of denoiser evaluations (6 per attempted Tsit5 step + 1)."""
     import diffrax
 
     b = x_init.shape[0]
@@ -446,4 +448,7 @@ def reference_ode_solve(denoise_fn: Callable, process: Process, x_init: Array, t
         diffrax.ODETerm(vf), diffrax.Tsit5(), t0=u0, t1=u1, dt0=(u1 - u0) / 100, y0=y0,
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol), max_steps=max_steps,
     )
-    return process.alpha(jnp.asarray(t_end, dt)) * sol.ys[-1]
+    x = process.alpha(jnp.asarray(t_end, dt)) * sol.ys[-1]
+    if return_nfe:
+        return x, 6 * (sol.stats["num_accepted_steps"] + sol.stats["num_rejected_steps"]) + 1
+    return x

@@ -37,7 +37,10 @@ def gaussian_w2(m1, S1, m2, S2) -> float:
     S1, S2 = np.atleast_2d(S1).astype(np.float64), np.atleast_2d(S2).astype(np.float64)
     r1 = linalg.sqrtm(S1).real
     cross = linalg.sqrtm(r1 @ S2 @ r1).real
-    return float(np.sqrt(max(np.sum((m1 - m2) ** 2) + np.trace(S1 + S2 - 2 * cross), 0.0)))
+    sq = np.sum((m1 - m2) ** 2) + np.trace(S1 + S2 - 2 * cross)
+    # below the round-off of the trace term the distance is zero (sqrt would turn 1e-16 into 1e-8)
+    floor = 64 * np.finfo(np.float64).eps * (np.trace(S1) + np.trace(S2))
+    return float(np.sqrt(sq)) if sq > floor else 0.0
 
 
 def vp_gaussian_marginal(m0, S0, t, beta_min=0.1, beta_max=20.0):
