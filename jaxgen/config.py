@@ -149,7 +149,8 @@ def base_config() -> ml_collections.ConfigDict:
         param_groups=(),
     ))
     c.ema_decay = 0.0
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    # Parameters with at least fsdp_min_size elements are split along the fsdp axis.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2**16))
     c.distributed = ml_collections.ConfigDict(dict(
         # 'auto': initialise jax.distributed when launched on a multi-host runtime (TPU VM pod, SLURM, ...).
         initialize="auto", coordinator_address="", num_processes=0, process_id=-1,

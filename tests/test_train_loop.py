@@ -105,15 +105,19 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path, sig):
     assert [resumed[s] for s in range(cut_at + 1, 601)] == [full[s] for s in range(cut_at + 1, 601)]
 
 
-def test_eight_devices_match_one_and_restore_across_device_counts(tmp_path):
+def test_eight_devices_and_fsdp_match_one_and_restore_across_device_counts(tmp_path):
     steps = ["--config.train.log_every=1", "--config.train.checkpoint_every=4", *CONSTANT_LR]
     _run(tmp_path / "one", "--config.train.num_steps=8", *steps, devices=1)
     _run(tmp_path / "eight", "--config.train.num_steps=8", *steps, devices=8)
     _run(tmp_path / "switch", "--config.train.num_steps=4", *steps, devices=8)
     _run(tmp_path / "switch", "--config.train.num_steps=8", *steps, devices=1)  # restores the 8-device checkpoint
-    one, eight, switch = (_losses(tmp_path / d) for d in ("one", "eight", "switch"))
+    # 2 (data) x 4 (fsdp): every parameter with a dimension divisible by 4 is split over 4 devices.
+    _run(tmp_path / "fsdp", "--config.train.num_steps=8", "--config.mesh.fsdp=4", "--config.mesh.fsdp_min_size=1",
+         *steps, devices=8)
+    one, eight, switch, fsdp = (_losses(tmp_path / d) for d in ("one", "eight", "switch", "fsdp"))
     want = [one[s] for s in range(1, 9)]
     np.testing.assert_allclose([eight[s] for s in range(1, 9)], want, rtol=1e-5)
+    np.testing.assert_allclose([fsdp[s] for s in range(1, 9)], want, rtol=1e-5)
     np.testing.assert_allclose([switch[s] for s in range(1, 9)], want, rtol=1e-5)
 
 
@@ -137,3 +141,19 @@ def test_two_processes_of_four_devices_match_one_of_eight(tmp_path):
     np.testing.assert_allclose([multi[s] for s in range(1, 7)], [single[s] for s in range(1, 7)], rtol=1e-5)
     with open(tmp_path / "multi" / "final_metrics.json") as f:
         assert np.isfinite(json.load(f)["eval/sw2"])
+
+
+def test_fsdp_shards_large_parameters():
+    from jaxgen.config import base_config
+    from jaxgen.train import mesh as mesh_lib
+
+    mesh_config = base_config().mesh
+    mesh_config.fsdp = 4
+    mesh = mesh_lib.make_mesh(mesh_config)
+    abstract = {"big": jax.ShapeDtypeStruct((6, 512, 256), jnp.float32), "small": jax.ShapeDtypeStruct((8,), jnp.float32),
+                "odd": jax.ShapeDtypeStruct((301, 303), jnp.float32)}
+    sh = mesh_lib.state_shardings(mesh, abstract, min_fsdp_size=1000)
+    assert tuple(sh["big"].spec) == (None, "fsdp", None)  # the largest dimension divisible by 4
+    assert tuple(sh["small"].spec) == () and tuple(sh["odd"].spec) == ()
+    x = jax.device_put(jnp.ones((6, 512, 256)), sh["big"])
+    assert x.addressable_shards[0].data.shape == (6, 128, 256)

@@ -148,7 +148,7 @@ def train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
     init_key, train_key, eval_key = jax.random.split(root, 3)
 
     abstract = jax.eval_shape(task.init, init_key)
-    state_sharding = mesh_lib.state_shardings(mesh, abstract)
+    state_sharding = mesh_lib.state_shardings(mesh, abstract, config.mesh.fsdp_min_size)
     batch_sharding = mesh_lib.batch_sharding(mesh)
     try:
         iterator = data_lib.make_train_iterator(config.data, global_batch_size=config.train.batch_size,
