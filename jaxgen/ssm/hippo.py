@@ -109,7 +109,8 @@ def fout(N: int, theta: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     A = -(b b^T + D) / theta, B = b / theta, with b = f(0) = [1, sqrt2, 0, sqrt2, 0, ...] and
     D_nk = ∫_0^1 f_n'(x) f_k(x) dx (skew): D[cos_k, sin_k] = -2 pi k, D[sin_k, cos_k] = 2 pi k.
     Derived from c_n' = (f_n(1) u(t) - f_n(0) u(t - theta) - ∫ u f_n') / theta with
-    u(t - theta) ≈ b^T c.
+    u(t - theta) ≈ b^T c. Odd N pairs every cosine with its sine; for even N the last cosine is
+    unpaired and A has an eigenvalue 0 (marginally stable), so prefer odd N.
     """
     N = _check_N(N)
     theta = _check_theta(theta)
