@@ -101,8 +101,22 @@ def nearest_code(z: Array, codebook: Array, *, cosine: bool = False) -> Array:
     z_ND = _flat(z, codebook)
     if cosine:
         z_ND, codebook = l2_normalize(z_ND.astype(jnp.float32)), l2_normalize(codebook.astype(jnp.float32))
-    idx = jnp.argmin(squared_distances(z_ND, codebook), axis=-1).astype(jnp.int32)
-    return idx.reshape(z.shape[:-1])
+    return _first_argmin(squared_distances(z_ND, codebook)).reshape(z.shape[:-1])
+
+
+def _first_argmin(d_NK: Array) -> Array:
+    """argmin over the last axis (first index on ties), int32.
+
+    Same result as jnp.argmin, but XLA:CPU's variadic argmin reduction is ~5x slower than a plain
+    min followed by a min over float indices (70 ms vs 15 ms for 512 x 15360), which dominates a VQ
+    step with a 2^14 codebook on CPU.
+    """
+    K = d_NK.shape[-1]
+    if K >= 2**24:  # float32 indices would no longer be exact
+        return jnp.argmin(d_NK, axis=-1).astype(jnp.int32)
+    d_min = jnp.min(d_NK, axis=-1, keepdims=True)
+    first = jnp.min(jnp.where(d_NK == d_min, jnp.arange(K, dtype=jnp.float32), float(K)), axis=-1)
+    return jnp.minimum(first, K - 1).astype(jnp.int32)  # a NaN row would give K: keep indices in range
 
 
 def vector_quantize(z: Array, codebook: Array, *, beta: float = 0.25, cosine: bool = False) -> VQOutput:

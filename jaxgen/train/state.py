@@ -40,18 +40,30 @@ def ema_update(ema, params, decay: float):
 LossFn = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, tuple[dict, Any]]]
 
 
-def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule: optax.Schedule, ema_decay: float):
+PostUpdateFn = Callable[[Any, Any, jax.Array, jax.Array], tuple[Any, Any]]
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule: optax.Schedule, ema_decay: float,
+                    post_update: PostUpdateFn | None = None):
     """Step for tasks with one network.
 
     `loss_fn(params, extra, batch, key) -> (loss, (metrics, new_extra))`. The step logs the loss,
     the global gradient norm (before clipping), the parameter norm and the learning rate.
+    Optional `post_update(params, new_extra, step, key) -> (params, extra)` runs after the optimizer
+    step (before the EMA), for state changed outside the gradient, e.g. VQ EMA codebooks and dead-code
+    restarts (which may move a parameter); `new_extra` may then carry what it needs from the forward
+    pass, as long as the returned `extra` has the structure of `state.extra`.
     """
 
     def train_step(state: TrainState, batch, key):
+        if post_update is not None:
+            key, post_key = jax.random.split(key)
         (loss, (metrics, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.extra, batch, key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if post_update is not None:
+            params, extra = post_update(params, extra, state.step, post_key)
         ema = ema_update(state.ema_params, params, ema_decay) if ema_decay else None
         metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
                        param_norm=optax.global_norm(params), learning_rate=schedule(state.step))
