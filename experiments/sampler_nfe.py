@@ -172,6 +172,9 @@ def _figure(rows, path):
             if r["method"] == "adaptive":
                 ax.axhline(r["sw2"], color="gray", ls="--", label=f"adaptive ({r['nfe']} NFE)")
         ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel="sliced W2 to data", title=setting)
+        ticks = sorted({r["nfe"] for r in rs if r["method"] not in ("data", "adaptive")})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -192,7 +195,8 @@ def main(argv=None):
     for setting, gm in (("oracle-2d", D.oracle_2d()), ("oracle-16d", D.oracle_16d())):
         data = gm.sample(jax.random.key(123), 2 * n)
         rows += evaluate_model(setting, gm.eps_fn(schedule), schedule, data, jax.random.key(7), nfes,
-                               denoise_fn=gm.denoise_fn(schedule), n_samples=n, fresh_data=gm.sample(jax.random.key(5), n),
+                               denoise_fn=gm.denoise_fn(schedule), n_samples=n,
+                               fresh_data=gm.sample(jax.random.key(5), n),
                                amed_iters=120 if args.quick else 400, amed_max_nfe=10 if args.quick else 20)
     with open(os.path.join(args.out, "sampler_nfe.json"), "w") as f:
         json.dump(rows, f, indent=1)

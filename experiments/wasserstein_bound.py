@@ -83,8 +83,9 @@ def main(argv=None):
     for setting in dict.fromkeys(r["setting"] for r in rows):
         rs = [r for r in rows if r["setting"] == setting and r["w2"] > 1e-8]
         ax.scatter([r["w2"] for r in rs], [r["bound"] for r in rs], label=setting)
-    lim = [1e-6, 1e7]
+    lim = [1e-7, 1.0]
     ax.plot(lim, lim, "k--", lw=0.8, label="bound = W2")
+    ax.set_xlim(*lim)
     ax.set(xscale="log", yscale="log", xlabel="W2(p0, q0)", ylabel="bound", title="Kwon et al. bound (closed form)")
     ax.legend(fontsize=7)
     fig.tight_layout()

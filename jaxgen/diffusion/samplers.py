@@ -227,8 +227,8 @@ def pc_sample(eps_fn, schedule: DiscreteVP, shape, key, num_sample_steps: int, s
 
     At each level tau_k = r: `num_corrector` Langevin steps with the score s = -eps_hat / sqrt(1 - abar_r),
         x <- x + e s + sqrt(2 e) z,  e = 2 (1 - beta_r) (snr ||z|| / ||s||)^2   (batch-mean norms, as score_sde);
-    then the DDPM ancestral predictor r -> s. NFE = K (1 + num_corrector) (no corrector at the last level... the
-    corrector runs at every level, including tau_1).
+    then the DDPM ancestral predictor r -> s (the last one returns x0_hat). The corrector runs at every level,
+    tau_K down to tau_1, so NFE = K (1 + num_corrector).
     """
     if num_corrector < 0:
         raise ValueError(f"num_corrector must be >= 0, got {num_corrector}")
