@@ -21,7 +21,9 @@ Logged per step: loss, recon_mse, commitment, codebook_loss, usage and perplexit
 `evaluate` (held-out split): recon_mse, usage = #{codes used on the held-out split} / K, perplexity =
 exp(entropy of the held-out code histogram), codebook_size, and figures/reconstructions.png (originals
 above their reconstructions) and figures/code_usage.png (count of every code, and sorted).
-Pixel values are in the data pipeline's [-1, 1] scale, so recon_mse is in those units.
+Pixel values are in the data pipeline's [-1, 1] scale, so recon_mse is in those units. With
+`ema_decay > 0` evaluation uses the EMA parameters with the current quantiser state (for 'vq_ema' the
+codebook is that state, not an EMA of parameters); the configs here keep ema_decay = 0.
 """
 
 from __future__ import annotations
