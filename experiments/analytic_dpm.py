@@ -7,7 +7,9 @@ linear schedule (T = 1000), so the mean of every reverse step is perfect and onl
 Rows (uniform step skipping unless marked):
     DDPM(beta), DDPM(beta_tilde)                 the DDPM posterior mean with the two classic variances
     Analytic-DDPM, Analytic-DDIM                 optimal variance from Gamma (Monte Carlo over 4000 data points)
-    Analytic-DDPM (OT)                           ... on the optimal trajectory (dynamic programming over all T)
+    Analytic-DDPM (OT)                           ... on the optimal trajectory (dynamic programming over all T,
+                                                 Gamma at every step from 10000 points). The DP minimises the
+                                                 variational bound (likelihood), not sample quality.
     NPR-DDPM / SN-DDPM, NPR-DDIM / SN-DDIM       diagonal covariance from heads trained on the frozen eps-model
                                                  (an MLP, `jaxgen.nets.MLPDenoiser`, softplus output)
     Exact-cov-DDPM / -DDIM                       the oracle's exact diagonal Var[x0 | x_t] (the best any head can do)
@@ -105,7 +107,7 @@ def evaluate_model(setting, eps_fn, schedule, train_data, test_data, key, ks, np
     t0 = time.time()
     gamma_all = None
     if with_ot:
-        gamma_all = D.estimate_gamma(eps_fn, schedule, g_data[:1000], kg, np.arange(1, T + 1))
+        gamma_all = D.estimate_gamma(eps_fn, schedule, train_data[:10000], kg, np.arange(1, T + 1), batch_size=5000)
         log(f"  {setting}: Gamma at all {T} steps in {time.time() - t0:.0f} s")
     rows = []
     for K in ks:

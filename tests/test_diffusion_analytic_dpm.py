@@ -46,6 +46,11 @@ def test_gamma_monte_carlo_matches_gaussian_closed_form():
     # E[eps_hat^2] per element; MC error of a mean of 32000 squared Gaussians (plus the data-mean term)
     np.testing.assert_allclose(g, expected, rtol=0.03, atol=1e-3)
     assert np.all(g <= 1.0 + 0.02)
+    # at high noise the control variate pins down 1 - Gamma (what the variance uses) far better
+    plain = A.estimate_gamma(_gauss_eps_fn(sch), sch, data, jax.random.key(1), ts, num_repeats=2, batch_size=2000,
+                             control_variate=False)
+    err_cv, err_plain = np.abs(g - expected)[-1], np.abs(plain - expected)[-1]  # r = T
+    assert err_cv < 2e-4 and err_cv < err_plain / 5, (err_cv, err_plain)
 
 
 @pytest.mark.parametrize("eta", [1.0, 0.0, 0.5])

@@ -50,9 +50,14 @@ __all__ = [
 
 
 def estimate_gamma(eps_fn: Callable, schedule: DiscreteVP, data: Array, key: Array, timesteps,
-                   num_repeats: int = 1, batch_size: int | None = None) -> np.ndarray:
+                   num_repeats: int = 1, batch_size: int | None = None, control_variate: bool = True) -> np.ndarray:
     """Gamma_r = E_{x0 ~ data, eps} ||eps_fn(x_r, r / T)||^2 / d for each r in `timesteps` (float64 [K]).
 
+    control_variate: use eps^2 (whose mean, 1 per element, is known exactly) as a control variate with the
+    regression coefficient c = Cov(eps_hat^2, eps^2) / Var(eps^2) fitted on the same samples:
+    Gamma = mean(eps_hat^2) - c (mean(eps^2) - 1). At high noise eps_hat ~ eps, c ~ 1 and the variance
+    drops by orders of magnitude; that matters because the variance uses 1 - Gamma multiplied by
+    (1 - abar) / abar, which is large there. At low noise c ~ 0 and it is the plain estimate.
     Every data point is noised `num_repeats` times per step (fresh eps). Cache the result per model and
     step set (it costs len(timesteps) x num_repeats passes over `data`).
     """
@@ -62,21 +67,28 @@ def estimate_gamma(eps_fn: Callable, schedule: DiscreteVP, data: Array, key: Arr
     bs = n if batch_size is None else int(batch_size)
 
     @jax.jit
-    def sq_sum(x0, r, k):
+    def sums(x0, r, k):
+        """Sums over elements of a = eps_hat^2, b = eps^2, a b and b^2."""
         eps = jax.random.normal(k, x0.shape, x0.dtype)
         i = jnp.full((x0.shape[0],), r)
-        e = eps_fn(q_sample(schedule, x0, i, eps), schedule.step_to_time(i))
-        return jnp.sum(jnp.square(e.astype(jnp.float32)))
+        e = eps_fn(q_sample(schedule, x0, i, eps), schedule.step_to_time(i)).astype(jnp.float32)
+        a, b = jnp.square(e), jnp.square(eps.astype(jnp.float32))
+        return jnp.stack([jnp.sum(a), jnp.sum(b), jnp.sum(a * b), jnp.sum(b * b)])
 
     out = np.zeros(ts.size)
-    d = int(np.prod(data.shape[1:]))
+    m = n * num_repeats * int(np.prod(data.shape[1:]))
     for j, r in enumerate(ts):
-        total = 0.0
+        tot = np.zeros(4)
         for rep in range(num_repeats):
             for start in range(0, n, bs):
                 k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, j), rep), start)
-                total += float(sq_sum(data[start:start + bs], int(r), k))
-        out[j] = total / (n * num_repeats * d)
+                tot += np.asarray(sums(data[start:start + bs], int(r), k), np.float64)
+        ma, mb, mab, mbb = tot / m
+        if control_variate:
+            c = (mab - ma * mb) / max(mbb - mb**2, 1e-12)
+            out[j] = ma - c * (mb - 1.0)
+        else:
+            out[j] = ma
     return out
 
 
@@ -120,10 +132,15 @@ def analytic_dpm_sample(eps_fn: Callable, schedule: DiscreteVP, shape, key, time
     return vp_sample(eps_fn, schedule, shape, key, timesteps, eta=eta, variance=var, clip_x0=clip_x0)
 
 
-def kl_step_costs(schedule: DiscreteVP, gamma_all, eta: float = 1.0, data_range: float | None = 2.0) -> np.ndarray:
+def kl_step_costs(schedule: DiscreteVP, gamma_all, eta: float = 1.0, data_range: float | None = 2.0,
+                  monotone_cov: bool = True) -> np.ndarray:
     """J[s, r] = 1/2 log(sigma*^2_{s|r} / lambda^2_{s|r}) per dimension for 1 <= s < r <= T (inf elsewhere).
 
     gamma_all: Gamma at every step, shape [T + 1] (index 0 unused) or [T] (steps 1..T).
+    monotone_cov: replace Cov_r = ((1 - abar_r)/abar_r)(1 - Gamma_r) by its running maximum over r. Cov_r is the
+    per-dimension MMSE of x0 from x_r, which never decreases with the noise level (Guo, Shamai & Verdu 2005);
+    Monte Carlo noise in Gamma (Gamma >= 1 where 1 - Gamma is tiny) otherwise creates spurious zero-cost
+    jumps that the dynamic programme exploits.
     """
     if not eta > 0:
         raise ValueError(f"the trajectory DP needs lambda^2 > 0: eta must be > 0, got {eta}")
@@ -134,20 +151,24 @@ def kl_step_costs(schedule: DiscreteVP, gamma_all, eta: float = 1.0, data_range:
     if g.shape != (T + 1,):
         raise ValueError(f"gamma_all must have shape [{T}] or [{T + 1}], got {g.shape}")
     abar = np.asarray(schedule.alphas_cumprod, np.float64)
+    cov_all = np.zeros(T + 1)
+    cov_all[1:] = (1 - abar[1:]) / abar[1:] * (1 - g[1:])
+    cov_all = np.maximum(cov_all, 0.0) if data_range is None else np.clip(cov_all, 0.0, (data_range / 2) ** 2)
+    if monotone_cov:
+        cov_all = np.maximum.accumulate(cov_all)
     s, r = np.meshgrid(np.arange(T + 1), np.arange(T + 1), indexing="ij")
     valid = (s >= 1) & (r > s)
     s_, r_ = np.where(valid, s, 1), np.where(valid, r, 2 if T >= 2 else 1)
     abar_r, abar_s = abar[r_], abar[s_]
     lam2, x0_coef = _pair_coefficients(abar_r, abar_s, eta)
-    cov = (1 - abar_r) / abar_r * (1 - g[r_])
-    cov = np.maximum(cov, 0.0) if data_range is None else np.clip(cov, 0.0, (data_range / 2) ** 2)
+    cov = cov_all[r_]
     with np.errstate(divide="ignore", invalid="ignore"):
         J = 0.5 * np.log1p(x0_coef**2 * cov / lam2)
     return np.where(valid, J, np.inf)
 
 
 def optimal_trajectory(schedule: DiscreteVP, gamma_all, num_sample_steps: int, eta: float = 1.0,
-                       data_range: float | None = 2.0) -> np.ndarray:
+                       data_range: float | None = 2.0, monotone_cov: bool = True) -> np.ndarray:
     """argmin over 1 = tau_1 < ... < tau_K = T of sum_{k=2}^K J(tau_{k-1}, tau_k), by dynamic programming.
 
     Returns the K timesteps (int64, increasing). O(K T^2) time, O(K T) memory.
@@ -155,7 +176,7 @@ def optimal_trajectory(schedule: DiscreteVP, gamma_all, num_sample_steps: int, e
     T, K = schedule.num_steps, int(num_sample_steps)
     if not 2 <= K <= T:
         raise ValueError(f"num_sample_steps must be in [2, {T}], got {K}")
-    J = kl_step_costs(schedule, gamma_all, eta, data_range)
+    J = kl_step_costs(schedule, gamma_all, eta, data_range, monotone_cov)
     cost = np.full(T + 1, np.inf)
     cost[1] = 0.0
     back = np.zeros((K + 1, T + 1), np.int64)
