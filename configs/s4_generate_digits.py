@@ -11,11 +11,15 @@ Model: 4 causal SSM blocks, d_model 64, N = 64, dropout 0.2, token embedding in,
 lr 5e-3 (cosine, 100 warmup steps), SSM A, B, step at 0.1x the learning rate without weight decay;
 1500 steps of batch 64.
 
-What to expect: `eval/test_nll` far below the log 17 = 2.83 nats / pixel of a uniform model (about 1 nat / pixel
-or less, i.e. < 1.5 bits / pixel), `eval/test_nll_recurrent` equal to it up to float32 rounding
-(`eval/nll_gap` ~1e-5 or less), recognisable digits of the requested class in figures/samples.png
-(column k asks for class k), `eval/sample_class_accuracy` well above the 0.1 of chance, and
-`eval/fd` (Fréchet distance in a small digits classifier's features) far below that of noise.
+Measured (S4D, this config unchanged, seed 0; the record, with the figure, is in
+experiments/results/s4_generate_digits/): eval/test_nll = 1.165 nats / pixel (1.681 bits / pixel; a
+uniform model scores log 17 = 2.83) and eval/test_nll_recurrent = 1.165, the same to float32 rounding
+(eval/nll_gap = 0 for the mean, 2.4e-7 at most for one sequence); the 100 digits sampled in recurrent
+mode are of the requested class for 89 % (eval/sample_class_accuracy, judged by a small digits
+classifier with 99.7 % test accuracy) and score eval/fd = 3.27 in that classifier's features against the
+test split, where 100 real training digits score 2.5 to 6.2 and uniform 17-level noise 58.8. Wall time
+503 s on a 2-core CPU shared with other jobs (the run got 33 % of one core; 169 s of CPU time).
+Without dropout the network overfits the 1500 training digits (test nll 1.59 at the same budget).
 
 Variants, comma-separated in any order: one SSM (`s4d` default, `s4`, `lru`) and `smoke` (a few steps
 of a tiny network; the tests run it end to end), e.g. `:lru,smoke`.
