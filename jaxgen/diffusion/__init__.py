@@ -54,3 +54,10 @@ from jaxgen.diffusion.analytic_dpm import (  # noqa: F401
 )
 from jaxgen.diffusion.score_matching import esm_loss, dsm_loss, ssm_loss, ode_log_likelihood, bits_per_dim  # noqa: F401
 from jaxgen.diffusion.amed import AMEDPredictor, fit_amed, amed_loss, teacher_trajectory, make_rc_fn  # noqa: F401
+from jaxgen.diffusion.wasserstein import (  # noqa: F401
+    gaussian_w2,
+    vp_gaussian_marginal,
+    wasserstein_bound_affine,
+    fit_affine_score_dsm,
+    true_affine_score,
+)
