@@ -181,11 +181,14 @@ def _figure(rows, path):
     fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.5), squeeze=False)
     for ax, setting in zip(axes[0], settings):
         rs = [r for r in rows if r["setting"] == setting]
-        for method in dict.fromkeys(r["method"] for r in rs):
+        for j, method in enumerate(dict.fromkeys(r["method"] for r in rs)):
             pts = sorted((r["steps"], r["sw2"]) for r in rs if r["method"] == method)
             ls = "--" if "DDIM" in method else "-"
-            ax.plot(*zip(*pts), marker="o", ls=ls, label=method)
+            ax.plot(*zip(*pts), marker="o", ls=ls, color=plt.cm.tab20(j % 20), label=method)
         ax.set(xscale="log", yscale="log", xlabel="steps K", ylabel="sliced W2 to data", title=setting)
+        ks = sorted({r["steps"] for r in rs})
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.minorticks_off()
         ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
