@@ -162,6 +162,7 @@ def fixed_permutation(length: int, seed: int) -> np.ndarray:
 
 
 def eval_params(state):
+    """The weights to evaluate: the EMA when config.ema_decay > 0, else the trained parameters."""
     return state.ema_params if state.ema_params is not None else state.params
 
 
