@@ -52,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.ch_mult = (1, 2)
         c.model.num_res_blocks = 1
         c.model.num_groups = 4
+        c.eval.classifier_steps = 10
         c.eval.num_samples = 8
     elif arg:
         raise ValueError(f"unknown variant '{arg}'; accepted: smoke")

@@ -5,7 +5,8 @@ Config keys beyond the shared ones:
   diffusion.schedule ('linear' | 'cosine'), diffusion.num_steps (T)
   eval.num_samples, eval.sampler ('ddpm' | 'ddim' | 'pc'), eval.sample_steps (K; 0 = all T steps),
   eval.variance ('beta' | 'beta_tilde', for ddpm), eval.eta (ddim), eval.skip ('uniform' | 'quadratic'),
-  eval.clip_x0 (None or c), eval.untrained_baseline (also score a freshly initialised network)
+  eval.clip_x0 (None or c), eval.untrained_baseline (also score a freshly initialised network),
+  eval.classifier_steps (training steps of the feature classifier for images)
 Re-running a finished workdir with other eval.* values only samples and evaluates again, e.g.
   python -m jaxgen.run --config configs/quickstart.py --workdir runs/quickstart --config.eval.sampler=ddim
       --config.eval.sample_steps=50
@@ -33,7 +34,7 @@ from jaxgen.train.state import create_train_state, make_train_step
 MODELS = ("unet", "mlp")
 SAMPLERS = ("ddpm", "ddim", "pc")
 EVAL_DEFAULTS = dict(num_samples=500, sampler="ddpm", sample_steps=0, variance="beta", eta=0.0, skip="uniform",
-                     clip_x0=1.0, untrained_baseline=False)
+                     clip_x0=1.0, untrained_baseline=False, classifier_steps=500)
 
 
 def eval_config(**overrides):
@@ -159,7 +160,8 @@ def _scorer(config, info, test, key):
 
         return score
     train = data_lib.load_split(config.data, config.data.split_train)
-    extract, accuracy = metrics.classifier_features(info.name, train["x"], train["label"], test["x"], test["label"])
+    extract, accuracy = metrics.classifier_features(info.name, train["x"], train["label"], test["x"], test["label"],
+                                                      num_steps=config.eval.classifier_steps)
     real_features = np.asarray(extract(test["x"]))
 
     def score(generated):
