@@ -13,13 +13,19 @@ VQ: 1000 learnt 8-dimensional codes, beta = 0.25, k-means++ initialisation from 
 outputs on 256 training images, dead codes (EMA count below 0.05, about 1/20 of a uniformly used code's
 count) restarted from the batch every 100 steps; 'vq_ema' learns the codebook by EMA (decay 0.99).
 
-Hardware: any CPU (2 cores: about 3-5 minutes for 2000 steps of batch 64). Evaluation on the 297
-held-out digits: `eval/recon_mse` (pixels in [-1, 1]), `eval/usage` (fraction of the codebook used on the
-held-out split; at most 297 * 16 / 1000 = 4.75 codes per entry are available, so ~100 % is possible),
-`eval/perplexity`; figures/reconstructions.png and figures/code_usage.png. What to expect (measured on
-2 CPU cores, see experiments/results/fsq_vs_vq.md for the codebook-size sweep): recognisable digits in
-the reconstructions, held-out recon_mse around 0.01-0.02; FSQ spreads the held-out codes over most of
-its grid while plain VQ uses fewer codes (restarts narrow the gap).
+Hardware: any CPU. Measured on 2 cores (lightly loaded): about 75 CPU-seconds, 1-2 minutes of wall time
+for 2000 steps of batch 64, for each variant. Evaluation on the 297 held-out digits: `eval/recon_mse`
+(pixels in [-1, 1]), `eval/usage` (fraction of the codebook used on the held-out split, which holds
+297 * 16 = 4752 code positions, 4.75 per code), `eval/perplexity`, and on the training split
+`eval/usage_train`; figures/reconstructions.png and figures/code_usage.png. Measured (seed 0):
+
+    variant   recon_mse   usage (held-out)   perplexity   usage (train)
+    fsq       0.0076      88.5 %             522          99.3 %
+    vq        0.0074      91.2 %             688          100 %
+    vq_ema    0.0066      92.7 %             687          100 %
+
+Reconstructions are near copies of the digits. With init + restarts all three use their codebooks well at
+this size; without them plain VQ collapses as the codebook grows (experiments/results/fsq_vs_vq.md).
 """
 
 import ml_collections

@@ -23,6 +23,17 @@ terms; means of the last 10 % of the steps) over seeds (`final_train_recon_mse`,
 
 Outputs: fsq_vs_vq.json (one row per method and codebook size, means over seeds), fsq_vs_vq.md,
 fsq_vs_vq.png (usage, perplexity / K and recon_mse against K), fsq_vs_vq_curves.png.
+
+Result of the full run (experiments/results/, 1000 steps, seeds 0 and 1): plain VQ's held-out usage falls
+from ~40 % at K = 64 to 19 %, 12 %, 9 % and 5 % as K grows, EMA-VQ's likewise; FSQ uses 100 %, 98 %, 74 %,
+36 % and 16 % (cap 31 %) without any auxiliary loss or restart, and reconstructs better than plain VQ at
+every size. FSQ is not at 100 % for K >= 1000 here: 1797 digits do not have the variety to fill a large
+grid (train usage 90 %, 57 %, 32 %). EMA-VQ with data initialisation and restarts matches or exceeds FSQ
+(93 % at K = 1000, lowest recon MSE): the machinery works, FSQ just does not need it. Training is stable
+for every method: no divergence, and the std over seeds of the final training recon MSE is at most 7 % of
+its mean (plain VQ's objective, with the codebook term, varies most at K >= 4375: ~10 %). Cost: the full run is 40 runs, about 16 CPU-minutes
+(34 minutes of wall time on a shared 2-core machine under load ~12), a little above the ~12 minutes
+aimed for; --quick (12 runs of 300 steps) took 2.7 CPU-minutes.
 """
 
 from __future__ import annotations

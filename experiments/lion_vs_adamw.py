@@ -20,6 +20,16 @@ processes on a shared machine), `time_s` (the whole run, with compilation and ev
 `state_bytes` (the optimizer state: the bytes of every leaf of the TrainState's opt_state pytree, as
 `task.init` builds it) and `param_bytes`. Sweep: final held-out recon MSE of the FSQ autoencoder over a
 3 x 3 grid of (lr, wd) for each optimizer (lion_vs_adamw_sweep.png).
+
+Result of the full run (experiments/results/, seeds 0 and 1): Lion's optimizer state is exactly half of
+AdamW's (AdamW: 2 moments + 2 int32 step counts; Lion: 1 moment + 1 count). With the recipe at (lr / 3,
+wd x 3) Lion matches AdamW on the autoencoder (held-out MSE 0.0136 vs 0.0131) and beats it on the 2-D DDPM
+(sliced W2 0.069 vs 0.083, final loss 0.251 vs 0.260); at (lr / 10, wd x 10) it is as good as AdamW on the
+DDPM and clearly worse on the short (1000-step) autoencoder run (0.020). In the 500-step sweep both
+optimizers prefer the largest learning rate tried (AdamW 6e-3: 0.012; Lion 2e-3 with wd 1.0: 0.019), and
+larger weight decay helps Lion slightly. Step times are equal within noise (the model dominates); they were
+taken on a shared, heavily loaded 2-core machine. Cost: about 5.5 CPU-minutes (18 minutes of wall time
+under load ~12); --quick about 2 CPU-minutes.
 """
 
 from __future__ import annotations

@@ -26,6 +26,11 @@ def _config(spec="configs/fsq_digits.py:smoke", **overrides):
     return c
 
 
+# Unit tests use a one-stage network (no downsampling: an 8x8 grid of codes): half the compile time of the
+# smoke network, whose two stages the end-to-end tests below exercise.
+ONE_STAGE = {"model.channels": "(8,)"}
+
+
 def _batch(n=16, offset=0):
     return {"x": jnp.asarray(data_lib.load_split(_config().data, "train")["x"][offset:offset + n])}
 
@@ -42,15 +47,15 @@ def _forward(task_config, state, x):
 
 def test_vq_ema_step_updates_codebook_by_formula_and_restarts_on_interval():
     decay, eps, K, D = 0.9, 1e-5, 32, 4
-    c = _config("configs/fsq_digits.py:vq_ema,smoke", **{"quantizer.decay": decay, "quantizer.eps": eps,
-                                                          "quantizer.restart_every": 2,
-                                                          "quantizer.dead_threshold": 1e6})
+    c = _config("configs/fsq_digits.py:vq_ema,smoke", **ONE_STAGE,
+                **{"quantizer.decay": decay, "quantizer.eps": eps, "quantizer.restart_every": 2,
+                   "quantizer.dead_threshold": 1e6})
     task = tasks.build(c)
     state = jax.jit(task.init)(jax.random.key(0))
     step = jax.jit(task.train_step)
     x1 = _batch(16, 200)
-    z = np.asarray(_forward(c, state, x1["x"])["z_e"], np.float64).reshape(-1, D)
-    k = np.asarray(_forward(c, state, x1["x"])["indices"]).reshape(-1)
+    fwd = _forward(c, state, x1["x"])
+    z, k = np.asarray(fwd["z_e"], np.float64).reshape(-1, D), np.asarray(fwd["indices"]).reshape(-1)
     N0 = np.asarray(state.extra["vq"]["cluster_size"][...], np.float64)
     M0 = np.asarray(state.extra["vq"]["embed_sum"][...], np.float64)
     state1, metrics = step(state, x1, jax.random.key(1))
@@ -81,7 +86,8 @@ def test_vq_ema_step_updates_codebook_by_formula_and_restarts_on_interval():
 
 
 def test_vq_restart_moves_the_gradient_trained_codebook_parameter():
-    c = _config("configs/fsq_digits.py:vq,smoke", **{"quantizer.restart_every": 1, "quantizer.dead_threshold": 1e6})
+    c = _config("configs/fsq_digits.py:vq,smoke", **ONE_STAGE,
+                **{"quantizer.restart_every": 1, "quantizer.dead_threshold": 1e6})
     task = tasks.build(c)
     state = jax.jit(task.init)(jax.random.key(0))
     assert "codebook" in state.params["vq"] and "codebook" not in state.extra["vq"]
@@ -100,9 +106,9 @@ def test_vq_restart_moves_the_gradient_trained_codebook_parameter():
 @pytest.fixture(scope="module")
 def trained_fsq():
     """The FSQ smoke task after 30 steps on one batch of 32 digits (constant lr): (config, task, state, losses)."""
-    c = _config("configs/fsq_digits.py:smoke", **{"optimizer.learning_rate": 3e-3, "optimizer.warmup_steps": 0,
-                                                   "optimizer.schedule": "constant", "eval.batch_size": 100,
-                                                   "eval.usage_on_train": True})
+    c = _config("configs/fsq_digits.py:smoke", **ONE_STAGE,
+                **{"optimizer.learning_rate": 3e-3, "optimizer.warmup_steps": 0, "optimizer.schedule": "constant",
+                   "eval.batch_size": 100, "eval.usage_on_train": True})
     task = tasks.build(c)
     state = jax.jit(task.init)(jax.random.key(0))
     step = jax.jit(task.train_step)
