@@ -45,6 +45,7 @@ from flax import nnx  # noqa: E402
 from jaxgen import diffusion as D  # noqa: E402
 from jaxgen import metrics  # noqa: E402
 from jaxgen.nets import MLPDenoiser  # noqa: E402
+from experiments._report import markdown_table as _table  # noqa: E402
 
 # REFERENCE.md (recalled): CIFAR-10 FID at K = 10 / 25 / 50
 PAPER_FID = {
@@ -163,17 +164,6 @@ def _oracle_exact_cov(gm, schedule):
         return gm.posterior_moments(x, a, s)[1]
 
     return cov_fn
-
-
-def _table(rows, cols):
-    def fmt(v):
-        if v is None:
-            return "-"
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(out)
 
 
 def _figure(rows, path):

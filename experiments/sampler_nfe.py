@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 from jaxgen import diffusion as D  # noqa: E402
 from jaxgen import metrics  # noqa: E402
 from jaxgen.diffusion import amed  # noqa: E402
+from experiments._report import markdown_table as _table  # noqa: E402
 
 ODE = ("euler", "heun", "dpm2", "amed")
 
@@ -142,19 +143,6 @@ def evaluate_model(setting: str, eps_fn, schedule, data, key, nfes, denoise_fn=N
             log(f"  {setting:10s} {method:6s} nfe={nfe:3d} sw2={row['sw2']:.4f} mmd={row['mmd']:.5f}"
                 + (f" ode_rmse={err:.4f}" if err is not None else ""))
     return rows
-
-
-def _table(rows, cols):
-    def fmt(v):
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _figure(rows, path):

@@ -38,6 +38,7 @@ from flax import nnx  # noqa: E402
 
 from jaxgen import diffusion as D  # noqa: E402
 from jaxgen.nets import MLPDenoiser  # noqa: E402
+from experiments._report import markdown_table as _table  # noqa: E402
 
 P = D.ContinuousVP()
 
@@ -176,17 +177,6 @@ def likelihood_rows(gm, n, key, sig=0.02):
                          abs_err_nats=float(jnp.mean(jnp.abs(ll - exact))),
                          mean_err_nats=float(jnp.mean(ll - exact)), time_ms=1000 * (time.time() - t0)))
     return rows
-
-
-def _table(rows, cols):
-    def fmt(v):
-        if v is None:
-            return "-"
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(out)
 
 
 def main(argv=None):

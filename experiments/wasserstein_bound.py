@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxgen.diffusion import wasserstein as W  # noqa: E402
+from experiments._report import markdown_table as _table  # noqa: E402
 
 
 def _models(m0, S0, beta_max, rng, ns):
@@ -43,17 +44,6 @@ def _models(m0, S0, beta_max, rng, ns):
         Af, bf = W.fit_affine_score_dsm(x0, np.linspace(0.0, 1.0, 41)[1:], rng, beta_max=beta_max)
         out.append((f"DSM-trained n={n}", Af, bf, {}))
     return out
-
-
-def _table(rows, cols):
-    def fmt(v):
-        if v is None:
-            return "-"
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(out)
 
 
 def main(argv=None):
