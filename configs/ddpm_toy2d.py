@@ -11,7 +11,7 @@ figures/samples.png. Variant `:smoke` runs a few steps end to end (used by the t
 
 import ml_collections
 
-from jaxgen.config import base_config
+from jaxgen.config import base_config, smoke_train
 from jaxgen.data import default_data_config
 from jaxgen.tasks.ddpm import eval_config
 
@@ -32,10 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.ema_decay = 0.995
     c.eval = eval_config(num_samples=2000, variance="beta_tilde", clip_x0=None, untrained_baseline=True)
     if arg == "smoke":
-        c.train.num_steps = 4
-        c.train.batch_size = 32
-        c.train.log_every = 2
-        c.train.checkpoint_every = 2
+        smoke_train(c, batch_size=32)
         c.diffusion.num_steps = 20
         c.eval.num_samples = 64
         c.model.hidden = 32

@@ -24,6 +24,7 @@ reconstructions in figures/reconstructions.png, as expected from 8x8 codes of ~1
 import ml_collections
 
 from jaxgen.tasks.autoencoder import default_config, parse_variant
+from jaxgen.config import smoke_train
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -52,11 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.batch_size = 1000
     c.eval.num_images = 64
     if smoke:
-        c.train.num_steps = 4
-        c.train.batch_size = 16
-        c.train.log_every = 2
-        c.train.checkpoint_every = 2
-        c.train.eval_every = 0
+        smoke_train(c)
         c.data.max_examples = 64
         c.model.channels = (4, 8, 8)
         c.model.num_res_blocks = 1

@@ -31,6 +31,7 @@ this size; without them plain VQ collapses as the codebook grows (experiments/re
 import ml_collections
 
 from jaxgen.tasks.autoencoder import default_config, parse_variant
+from jaxgen.config import smoke_train
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -54,10 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.grad_clip = 1.0
     c.eval.usage_on_train = True
     if smoke:
-        c.train.num_steps = 4
-        c.train.batch_size = 16
-        c.train.log_every = 2
-        c.train.checkpoint_every = 2
+        smoke_train(c)
         c.model.channels = (8, 16)
         c.quantizer.levels = (5, 3, 3)
         c.quantizer.num_codes = 32

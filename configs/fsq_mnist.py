@@ -22,6 +22,7 @@ images give 490k code positions, ~490 per code), lower for plain VQ without rest
 import ml_collections
 
 from jaxgen.tasks.autoencoder import default_config, parse_variant
+from jaxgen.config import smoke_train
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -49,10 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.batch_size = 1000
     c.eval.num_images = 64
     if smoke:
-        c.train.num_steps = 4
-        c.train.batch_size = 16
-        c.train.log_every = 2
-        c.train.checkpoint_every = 2
+        smoke_train(c)
         c.data.max_examples = 64
         c.model.channels = (4, 8, 8)
         c.quantizer.levels = (5, 3, 3)

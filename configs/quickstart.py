@@ -12,7 +12,7 @@ Variant `:smoke` runs a few steps end to end (used by the tests).
 
 import ml_collections
 
-from jaxgen.config import base_config
+from jaxgen.config import base_config, smoke_train
 from jaxgen.data import default_data_config
 from jaxgen.tasks.ddpm import eval_config
 
@@ -36,10 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.ema_decay = 0.995
     c.eval = eval_config(num_samples=297, sample_steps=250, variance="beta", clip_x0=1.0, untrained_baseline=True)
     if arg == "smoke":
-        c.train.num_steps = 4
-        c.train.batch_size = 16
-        c.train.log_every = 2
-        c.train.checkpoint_every = 2
+        smoke_train(c)
         c.diffusion.num_steps = 20
         c.eval.sample_steps = 0
         c.eval.classifier_steps = 50

@@ -35,6 +35,7 @@ import ml_collections
 
 from jaxgen.tasks.seq_classify import SSMS, parse_variant
 from jaxgen.tasks.seq_copy import MODES, default_config
+from jaxgen.config import smoke_train
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -61,11 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.num_examples = 1024
     c.eval.batch_size = 256
     if v["smoke"]:
-        c.train.num_steps = 4
-        c.train.batch_size = 16
-        c.train.log_every = 2
-        c.train.checkpoint_every = 2
-        c.train.eval_every = 0
+        smoke_train(c)
         c.copy.num_tokens = 3
         c.copy.lag = 5
         c.model.d_model = 8

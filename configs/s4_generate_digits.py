@@ -29,6 +29,7 @@ import ml_collections
 
 from jaxgen.tasks.seq_classify import parse_variant
 from jaxgen.tasks.seq_generate import default_config
+from jaxgen.config import smoke_train
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -55,10 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.temperature = 1.0
     c.eval.score_samples = True
     if v["smoke"]:
-        c.train.num_steps = 4
-        c.train.batch_size = 16
-        c.train.log_every = 2
-        c.train.checkpoint_every = 2
+        smoke_train(c)
         c.model.d_model = 8
         c.model.n_layers = 1
         c.model.N = 4

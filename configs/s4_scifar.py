@@ -27,6 +27,7 @@ steps of a tiny network on tfds mock data), e.g. `:lru,smoke`.
 import ml_collections
 
 from jaxgen.tasks.seq_classify import default_config, parse_variant
+from jaxgen.config import smoke_train
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -56,11 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.grad_clip = 1.0
     c.eval.batch_size = 1000
     if v["smoke"]:
-        c.train.num_steps = 4
-        c.train.batch_size = 16
-        c.train.log_every = 2
-        c.train.checkpoint_every = 2
-        c.train.eval_every = 0
+        smoke_train(c)
         c.optimizer.warmup_steps = 2
         c.data.max_examples = 64
         c.model.d_model = 8

@@ -27,6 +27,7 @@ HiPPO-LegS, Cauchy kernel) or `lru` (Linear Recurrent Unit, ring init r in [0.5,
 import ml_collections
 
 from jaxgen.tasks.seq_classify import default_config, parse_variant
+from jaxgen.config import smoke_train
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -50,11 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.grad_clip = 1.0
     c.eval.batch_size = 297
     if v["smoke"]:
-        c.train.num_steps = 4
-        c.train.batch_size = 16
-        c.train.log_every = 2
-        c.train.checkpoint_every = 2
-        c.train.eval_every = 0
+        smoke_train(c)
         c.model.d_model = 8
         c.model.n_layers = 1
         c.model.N = 4

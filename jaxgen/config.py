@@ -133,6 +133,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(not (m.data == -1 and m.fsdp == -1), "config.mesh.data and config.mesh.fsdp cannot both be -1")
 
 
+def smoke_train(config: ml_collections.ConfigDict, num_steps: int = 4, batch_size: int = 16) -> None:
+    """The training part of every `:smoke` variant: a few steps, logged and checkpointed every 2 steps
+    (so resume paths run), no periodic evaluation (the final one still runs)."""
+    config.train.update(dict(num_steps=num_steps, batch_size=batch_size, log_every=2, checkpoint_every=2,
+                             eval_every=0))
+
+
 def base_config() -> ml_collections.ConfigDict:
     """The keys every experiment shares, with defaults; configs override what they need."""
     c = ml_collections.ConfigDict()
