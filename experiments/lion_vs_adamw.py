@@ -57,8 +57,8 @@ RECIPES = (("adamw", 1.0, 1.0), ("lion", 1 / 3, 3.0), ("lion", 1 / 10, 10.0))  #
 
 
 def optimizer_overrides(name: str, lr: float, wd: float) -> dict:
-    return {"optimizer.name": name, "optimizer.learning_rate": lr, "optimizer.weight_decay": wd,
-            "optimizer.b1": 0.9, "optimizer.b2": 0.99 if name == "lion" else 0.999}
+    # Betas: the factory's defaults, 0.9/0.99 for Lion and 0.9/0.999 for AdamW (the papers').
+    return {"optimizer.name": name, "optimizer.learning_rate": lr, "optimizer.weight_decay": wd}
 
 
 def tree_bytes(tree) -> int:

@@ -151,7 +151,8 @@ def base_config() -> ml_collections.ConfigDict:
     ))
     c.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=1e-3, schedule="constant", warmup_steps=0, weight_decay=0.0,
-        grad_clip=1.0, b1=0.9, b2=0.999, eps=1e-8, momentum=0.9,
+        grad_clip=1.0, eps=1e-8, momentum=0.9,
+        b1=None, b2=None,  # None: the optimizer's paper default (Adam 0.9/0.999, Lion 0.9/0.99)
         # Parameter groups: tuple of (regex on the parameter path, lr multiplier, weight-decay multiplier).
         param_groups=(),
     ))

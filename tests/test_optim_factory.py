@@ -62,3 +62,21 @@ def test_unknown_optimizer_and_schedule():
         make_optimizer(_opt(name="adagrad"), 10)
     with pytest.raises(ValueError, match="config.optimizer.schedule must be one of"):
         make_schedule(_opt(schedule="linear"), 10)
+
+
+def test_lion_gets_its_paper_betas_by_default():
+    from jaxgen.optim.lion import lion
+
+    params = {"w": jnp.linspace(-1.0, 1.0, 6)}
+    build, _ = make_optimizer(_opt(name="lion", learning_rate=1e-2, grad_clip=None), num_steps=10)
+    tx, ref = build(params), lion(1e-2, b1=0.9, b2=0.99)
+    s, r = tx.init(params), ref.init(params)
+    for i in range(3):
+        g = {"w": jnp.cos(params["w"] * (i + 1))}
+        u1, s = tx.update(g, s, params)
+        u2, r = ref.update(g, r, params)
+        np.testing.assert_array_equal(u1["w"], u2["w"])
+    # b2 decides the momentum buffer: it must equal Lion's with b2 = 0.99 (0.999 would differ).
+    momentum = [[x for x in jax.tree.leaves(state) if getattr(x, "shape", ()) == (6,)] for state in (s, r)]
+    assert len(momentum[0]) == len(momentum[1]) == 1
+    np.testing.assert_array_equal(momentum[0][0], momentum[1][0])

@@ -31,19 +31,26 @@ def make_schedule(opt_config, num_steps: int) -> optax.Schedule:
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(num_steps, warmup + 1), end_value=0.0)
 
 
+# Betas when config.optimizer.b1 / b2 are None: the papers' defaults (Lion's b2 differs from Adam's).
+DEFAULT_BETAS = {"adamw": (0.9, 0.999), "adam": (0.9, 0.999), "lion": (0.9, 0.99)}
+
+
 def _base(name: str, lr, weight_decay: float, opt_config) -> optax.GradientTransformation:
     o = opt_config
+    b1, b2 = DEFAULT_BETAS.get(name, (None, None))
+    b1 = b1 if o.b1 is None else o.b1
+    b2 = b2 if o.b2 is None else o.b2
     if name == "adamw":
-        return optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=weight_decay)
+        return optax.adamw(lr, b1=b1, b2=b2, eps=o.eps, weight_decay=weight_decay)
     if name == "adam":
-        return optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps)
+        return optax.adam(lr, b1=b1, b2=b2, eps=o.eps)
     if name == "sgd":
         tx = optax.sgd(lr, momentum=o.momentum or None)
         return optax.chain(optax.add_decayed_weights(weight_decay), tx) if weight_decay else tx
     if name == "lion":
         from jaxgen.optim.lion import lion  # registered by name; arrives with the Lion module
 
-        return lion(lr, b1=o.b1, b2=o.b2, weight_decay=weight_decay)
+        return lion(lr, b1=b1, b2=b2, weight_decay=weight_decay)
     raise ValueError(f"config.optimizer.name must be one of {OPTIMIZERS}, got '{name}'")
 
 
