@@ -20,10 +20,14 @@ import ml_collections
 
 from jaxgen.config import base_config
 from jaxgen.data import default_data_config
-from jaxgen.tasks.ddpm import eval_config
+from jaxgen.tasks.ddpm import config_with_variant, eval_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    return config_with_variant(_config, arg)
+
+
+def _config(smoke: bool) -> ml_collections.ConfigDict:
     c = base_config()
     c.task = "ddpm"
     c.data = default_data_config("cifar10")
@@ -41,8 +45,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.warmup_steps = 5000
     c.optimizer.grad_clip = 1.0
     c.ema_decay = 0.9999
-    c.eval = eval_config(num_samples=10_000, variance="beta", clip_x0=1.0)
-    if arg == "smoke":
+    c.eval = eval_config(num_samples=10_000, variance="beta", clip_x0=1.0, pixel_width=2 / 255)
+    if smoke:
         c.train.num_steps = 2
         c.train.batch_size = 8
         c.train.log_every = 1
@@ -54,6 +58,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.num_groups = 4
         c.eval.classifier_steps = 10
         c.eval.num_samples = 8
-    elif arg:
-        raise ValueError(f"unknown variant '{arg}'; accepted: smoke")
     return c

@@ -13,10 +13,14 @@ import ml_collections
 
 from jaxgen.config import base_config, smoke_train
 from jaxgen.data import default_data_config
-from jaxgen.tasks.ddpm import eval_config
+from jaxgen.tasks.ddpm import config_with_variant, eval_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    return config_with_variant(_config, arg)
+
+
+def _config(smoke: bool) -> ml_collections.ConfigDict:
     c = base_config()
     c.task = "ddpm"
     c.data = default_data_config("gmm_grid")
@@ -31,11 +35,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.warmup_steps = 100
     c.ema_decay = 0.995
     c.eval = eval_config(num_samples=2000, variance="beta_tilde", clip_x0=None, untrained_baseline=True)
-    if arg == "smoke":
+    if smoke:
         smoke_train(c, batch_size=32)
         c.diffusion.num_steps = 20
         c.eval.num_samples = 64
         c.model.hidden = 32
-    elif arg:
-        raise ValueError(f"unknown variant '{arg}'; accepted: smoke")
     return c

@@ -14,10 +14,14 @@ import ml_collections
 
 from jaxgen.config import base_config, smoke_train
 from jaxgen.data import default_data_config
-from jaxgen.tasks.ddpm import eval_config
+from jaxgen.tasks.ddpm import config_with_variant, eval_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    return config_with_variant(_config, arg)
+
+
+def _config(smoke: bool) -> ml_collections.ConfigDict:
     c = base_config()
     c.task = "ddpm"
     c.data = default_data_config("digits")
@@ -34,8 +38,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.warmup_steps = 100
     c.optimizer.grad_clip = 1.0
     c.ema_decay = 0.995
-    c.eval = eval_config(num_samples=297, sample_steps=250, variance="beta", clip_x0=1.0, untrained_baseline=True)
-    if arg == "smoke":
+    c.eval = eval_config(num_samples=297, sample_steps=250, variance="beta", clip_x0=1.0, pixel_width=2 / 16,
+                         untrained_baseline=True)
+    if smoke:
         smoke_train(c)
         c.diffusion.num_steps = 20
         c.eval.sample_steps = 0
@@ -43,6 +48,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval.num_samples = 16
         c.model.ch = 8
         c.model.num_groups = 4
-    elif arg:
-        raise ValueError(f"unknown variant '{arg}'; accepted: smoke")
     return c

@@ -1,4 +1,10 @@
-"""Shared output helpers for the experiment scripts."""
+"""Shared helpers for the experiment scripts: tables, sample quality, result files, the digits model."""
+from __future__ import annotations
+
+import json
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def markdown_table(rows: list[dict], cols: list[str]) -> str:
@@ -12,3 +18,64 @@ def markdown_table(rows: list[dict], cols: list[str]) -> str:
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     out += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(out)
+
+
+def sample_quality(x, ref, key, extra_metrics=None) -> dict:
+    """{'sw2': sliced W2 (256 directions), 'mmd': unbiased RBF MMD (bandwidths relative to the data spread)}
+    of samples x [N, ...] against reference data [M, ...], plus extra_metrics(x) if given."""
+    import jax.numpy as jnp
+
+    from jaxgen import metrics
+
+    xf = jnp.asarray(x, jnp.float32).reshape(x.shape[0], -1)
+    y = jnp.asarray(ref, jnp.float32).reshape(ref.shape[0], -1)
+    scale = float(jnp.sqrt(jnp.mean(jnp.var(y, 0)) * y.shape[1]))
+    bw = tuple(scale * h for h in (0.05, 0.1, 0.2, 0.5, 1.0))
+    m = min(xf.shape[0], 2000)
+    out = dict(sw2=float(metrics.sliced_wasserstein(xf, y, key, 256)),
+               mmd=float(metrics.mmd(xf[:m], y[:m], bandwidths=bw)))
+    return out | (extra_metrics(x) if extra_metrics is not None else {})
+
+
+def write_rows(path: str, rows: list[dict], settings) -> list[dict]:
+    """Write `rows` to the JSON file `path`, keeping the rows it already has for settings not in `settings`
+    (so one setting can be re-run alone). Returns all rows."""
+    kept = []
+    if os.path.exists(path):
+        with open(path) as f:
+            kept = [r for r in json.load(f) if r["setting"] not in set(settings)]
+    rows = kept + rows
+    with open(path, "w") as f:
+        json.dump(rows, f, indent=1)
+    return rows
+
+
+def digits_model(workdir: str, log=print):
+    """The quickstart DDPM on the 8x8 digits (configs/quickstart.py), trained in `workdir` first if it holds
+    no checkpoint (about 3 min on 2 cores). Returns dict(eps_fn, schedule, config, train, test, fd) with
+    train/test images [N, 8, 8, 1] and fd(x) -> {'fd': Fréchet distance to the test split in the features
+    of the digits classifier (the task's eval/fd)}."""
+    import numpy as np
+
+    from jaxgen import config as config_lib
+    from jaxgen import data as data_lib
+    from jaxgen import metrics
+    from jaxgen.tasks import ddpm
+    from jaxgen.train.loop import train_and_evaluate
+
+    config = config_lib.load_config(os.path.join(ROOT, "configs", "quickstart.py"))
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")) or not os.listdir(os.path.join(workdir, "checkpoints")):
+        log(f"training the quickstart digits model in {workdir}")
+        train_and_evaluate(config, workdir)
+    eps_fn, schedule, step = ddpm.load_trained(config, workdir)
+    log(f"digits model: {workdir} at step {step}")
+    train = data_lib.load_split(config.data, config.data.split_train)
+    test = data_lib.load_split(config.data, config.data.split_test)
+    extract, _ = metrics.classifier_features("digits", train["x"], train["label"], test["x"], test["label"],
+                                             num_steps=config.eval.classifier_steps)
+    real = np.asarray(extract(test["x"]))
+
+    def fd(x):
+        return {"fd": float(metrics.frechet_distance_from_features(np.asarray(extract(np.asarray(x))), real))}
+
+    return dict(eps_fn=eps_fn, schedule=schedule, config=config, train=train["x"], test=test["x"], fd=fd)

@@ -39,7 +39,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from jaxgen import diffusion as D  # noqa: E402
@@ -69,34 +68,12 @@ def _quality(x, data, key):
 def train_head(kind: str, eps_fn, schedule, data, key, steps: int = 2000, batch: int = 512, hidden: int = 128,
                lr: float = 1e-3):
     """Train an NPR ('npr') or SN ('sn') head (MLPDenoiser, softplus output) on a frozen eps_fn.
-    Returns head_fn(x, t) -> [B, D] (flat data [N, D])."""
-    dim = data.shape[1]
-    k_init, k_loop = jax.random.split(key)
-    model = MLPDenoiser(dim, hidden=hidden, depth=3, rngs=nnx.Rngs(k_init))
-    graphdef, state = nnx.split(model)
-    opt = optax.adam(lr)
-    opt_state = opt.init(state)
-
-    def head(state):
-        m = nnx.merge(graphdef, state)
-        return lambda x, t: jax.nn.softplus(m(x, t))
-
-    def loss_fn(state, x0, k):
-        if kind == "npr":
-            return D.npr_dpm_loss(head(state), eps_fn, schedule, x0, k)
-        return D.sn_dpm_loss(head(state), schedule, x0, k)
-
-    @jax.jit
-    def step(state, opt_state, k):
-        k1, k2 = jax.random.split(k)
-        x0 = data[jax.random.randint(k1, (batch,), 0, data.shape[0])]
-        loss, g = jax.value_and_grad(loss_fn)(state, x0, k2)
-        upd, opt_state = opt.update(g, opt_state, state)
-        return optax.apply_updates(state, upd), opt_state, loss
-
-    for i in range(steps):
-        state, opt_state, loss = step(state, opt_state, jax.random.fold_in(k_loop, i))
-    return head(state), float(loss)
+    Returns (head_fn(x, t) -> [B, D], final loss) for flat data [N, D]."""
+    k_init, k_fit = jax.random.split(key)
+    graphdef, params = nnx.split(MLPDenoiser(data.shape[1], hidden=hidden, depth=3, rngs=nnx.Rngs(k_init)))
+    params, head_fn, loss = D.fit_cov_head(kind, lambda p, x, t: nnx.merge(graphdef, p)(x, t), params, eps_fn,
+                                           schedule, data, k_fit, steps, batch, lr)
+    return head_fn(params), loss
 
 
 def evaluate_model(setting, eps_fn, schedule, train_data, test_data, key, ks, npr_head=None, sn_head=None,

@@ -166,3 +166,36 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.eval = ml_collections.ConfigDict()
     return c
+
+
+def parse_variant(arg: str | None, groups: dict[str, tuple[str, ...]], defaults: dict[str, str]) -> dict:
+    """A config file's variant string, e.g. 'lru,smoke' -> {'ssm': 'lru', 'smoke': True}.
+
+    Comma-separated tokens in any order: at most one from each group ({'ssm': ('s4d', 's4', 'lru')}) and an
+    optional 'smoke'. Groups not named take their default. Unknown, repeated or conflicting tokens raise
+    ValueError naming what is accepted.
+    """
+    out = dict(defaults)
+    out["smoke"] = False
+    seen: set[str] = set()
+    accepted = ", ".join(f"one of {'/'.join(v)}" for v in groups.values())
+    for token in (arg or "").split(","):
+        token = token.strip()
+        if not token:
+            continue
+        if token in seen:
+            raise ValueError(f"variant '{token}' given twice in '{arg}'")
+        seen.add(token)
+        if token == "smoke":
+            out["smoke"] = True
+            continue
+        for group, choices in groups.items():
+            if token in choices:
+                if seen & set(choices) - {token}:
+                    raise ValueError(f"more than one {group} in variant '{arg}'; give one of {choices}")
+                out[group] = token
+                break
+        else:
+            raise ValueError(f"unknown variant '{token}'; accepted: {accepted}, and/or smoke, comma-separated "
+                             f"(e.g. '{next(iter(groups.values()))[-1]},smoke')")
+    return out

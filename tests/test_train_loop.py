@@ -61,7 +61,7 @@ def test_step_traced_once_and_metrics_logged(tmp_path):
     assert [r["step"] for r in train_rows] == [2, 4, 6]
     for key in ("loss", "grad_norm", "param_norm", "learning_rate", "steps_per_sec", "examples_per_sec"):
         assert all(np.isfinite(r[key]) for r in train_rows), key
-    assert "eval/sw2" in out and os.path.exists(tmp_path / "figures" / "samples.png")
+    assert "eval/sw2" in out and os.listdir(tmp_path / "figures")
     assert os.path.exists(tmp_path / "config.json") and os.listdir(tmp_path / "tensorboard")
 
 

@@ -51,6 +51,7 @@ from jaxgen.diffusion.analytic_dpm import (  # noqa: F401
     npr_dpm_loss,
     sn_cov_fn,
     npr_cov_fn,
+    fit_cov_head,
 )
 from jaxgen.diffusion.score_matching import esm_loss, dsm_loss, ssm_loss, ode_log_likelihood, bits_per_dim  # noqa: F401
 from jaxgen.diffusion.amed import AMEDPredictor, fit_amed, amed_loss, teacher_trajectory, make_rc_fn  # noqa: F401

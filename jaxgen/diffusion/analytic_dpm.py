@@ -29,6 +29,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxgen.diffusion.ddpm import q_sample
 from jaxgen.diffusion.processes import DiscreteVP, _bcast
@@ -46,6 +47,7 @@ __all__ = [
     "npr_dpm_loss",
     "sn_cov_fn",
     "npr_cov_fn",
+    "fit_cov_head",
 ]
 
 
@@ -248,3 +250,41 @@ def npr_cov_fn(head_fn: Callable, schedule: DiscreteVP, data_range: float | None
         return jnp.clip(c, 0.0, None if data_range is None else (data_range / 2) ** 2)
 
     return cov_fn
+
+
+def fit_cov_head(kind: str, head_apply: Callable, head_params, eps_fn: Callable, schedule: DiscreteVP, data: Array,
+                 key: Array, num_steps: int = 2000, batch_size: int = 256, learning_rate: float = 1e-3):
+    """Train an SN ('sn') or NPR ('npr') head on a frozen eps-model with Adam on `sn_dpm_loss` / `npr_dpm_loss`.
+
+    head_apply(params, x, t) -> raw output [B, ...]; the head is softplus(raw), since both targets
+    (E[eps^2 | x_t], E[(eps - eps_hat)^2 | x_t]) are non-negative. data: x0 in memory [N, ...], drawn
+    uniformly with replacement. Returns (trained params, head_fn(params) -> (x, t) -> [B, ...], last loss).
+    """
+    if kind not in ("sn", "npr"):
+        raise ValueError(f"kind must be 'sn' or 'npr', got {kind!r}")
+    if num_steps < 1 or batch_size < 1:
+        raise ValueError(f"num_steps and batch_size must be >= 1, got {num_steps}, {batch_size}")
+    data = jnp.asarray(data)
+    opt = optax.adam(learning_rate)
+
+    def head_fn(params):
+        return lambda x, t: jax.nn.softplus(head_apply(params, x, t))
+
+    def loss_fn(params, x0, k):
+        if kind == "npr":
+            return npr_dpm_loss(head_fn(params), eps_fn, schedule, x0, k)
+        return sn_dpm_loss(head_fn(params), schedule, x0, k)
+
+    @jax.jit
+    def step(params, opt_state, k):
+        k_idx, k_loss = jax.random.split(k)
+        x0 = data[jax.random.randint(k_idx, (batch_size,), 0, data.shape[0])]
+        loss, grads = jax.value_and_grad(loss_fn)(params, x0, k_loss)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    params, opt_state = head_params, opt.init(head_params)
+    loss = jnp.nan
+    for i in range(num_steps):
+        params, opt_state, loss = step(params, opt_state, jax.random.fold_in(key, i))
+    return params, head_fn, float(loss)

@@ -37,6 +37,7 @@ from flax import nnx
 
 from jaxgen import data as data_lib
 from jaxgen import viz
+from jaxgen import config as config_lib
 from jaxgen.config import ConfigError
 from jaxgen.metrics.codebook import codebook_usage, perplexity
 from jaxgen.nets.autoencoder import QUANTIZERS, QuantizedAutoencoder, update_quantizer_state
@@ -244,25 +245,8 @@ def save_code_usage_figure(path: str, counts: np.ndarray, title: str = "") -> No
 
 def parse_variant(arg: str | None) -> tuple[str, bool]:
     """'vq_ema,smoke' -> ('vq_ema', True): an optional quantizer name and an optional 'smoke', comma-separated."""
-    quantizer, smoke = "fsq", False
-    seen = set()
-    for token in (arg or "").split(","):
-        token = token.strip()
-        if not token:
-            continue
-        if token in seen:
-            raise ValueError(f"variant '{token}' given twice in '{arg}'")
-        seen.add(token)
-        if token == "smoke":
-            smoke = True
-        elif token in QUANTIZERS:
-            if seen & set(QUANTIZERS) - {token}:
-                raise ValueError(f"more than one quantizer in variant '{arg}'; give one of {QUANTIZERS}")
-            quantizer = token
-        else:
-            raise ValueError(f"unknown variant '{token}'; accepted: one of {', '.join(QUANTIZERS)} and/or smoke, "
-                             f"comma-separated (e.g. 'vq_ema,smoke')")
-    return quantizer, smoke
+    v = config_lib.parse_variant(arg, {"quantizer": QUANTIZERS}, {"quantizer": "fsq"})
+    return v["quantizer"], v["smoke"]
 
 
 def default_config(dataset: str, quantizer: str = "fsq"):

@@ -3,13 +3,26 @@
 Config keys beyond the shared ones:
   model.name: 'unet' (images) | 'mlp' (vectors), plus the network's keyword arguments
   diffusion.schedule ('linear' | 'cosine'), diffusion.num_steps (T)
-  eval.num_samples, eval.sampler ('ddpm' | 'ddim' | 'pc'), eval.sample_steps (K; 0 = all T steps),
-  eval.variance ('beta' | 'beta_tilde', for ddpm), eval.eta (ddim), eval.skip ('uniform' | 'quadratic'),
-  eval.clip_x0 (None or c), eval.untrained_baseline (also score a freshly initialised network),
-  eval.classifier_steps (training steps of the feature classifier for images)
-Re-running a finished workdir with other eval.* values only samples and evaluates again, e.g.
+  eval.num_samples; eval.sampler, eval.sample_steps (0 = T):
+    'ddpm'   ancestral, K = sample_steps steps (uniform or quadratic eval.skip); eval.variance:
+             'beta' | 'beta_tilde' | 'analytic' (Analytic-DPM) | 'npr' | 'sn' (Extended Analytic-DPM)
+    'ddim'   K steps with eval.eta; eval.variance 'analytic' | 'npr' | 'sn' adds the optimal variance
+             (Analytic-DDIM etc.; any other value keeps DDIM's own, set by eta)
+    'pc'     K noise levels, each with one Langevin corrector (2K evaluations)
+    'euler' | 'heun' | 'dpm2' | 'amed'   the probability-flow ODE with sample_steps = NFE evaluations
+             (EDM grid, rho = 7; the 2-stage solvers use the analytical first step when NFE is odd)
+  eval.clip_x0 (None or c: x0-predictions clipped to [-c, c]; Analytic-DPM's Cov clip uses the width 2c),
+  eval.pixel_width (Analytic-DPM's clip of the second-to-last step, e.g. 2/255; None: off),
+  eval.untrained_baseline (also score a freshly initialised network, sampled without learned parts),
+  eval.classifier_steps (training steps of the feature classifier for images),
+  eval.gamma_samples (training points for Analytic-DPM's Gamma), eval.head_steps (SN/NPR head training
+  steps, at config.train.batch_size and config.optimizer.learning_rate), eval.amed_iters (AMED predictor steps).
+The learned parts are fitted on the frozen (EMA) model at the first evaluation that needs them and cached
+under workdir/sampling/ per checkpoint step and step set (Gamma as JSON, heads and AMED predictors as orbax
+checkpoints). Re-running a finished workdir with other eval.* values only samples and evaluates again, e.g.
   python -m jaxgen.run --config configs/quickstart.py --workdir runs/quickstart --config.eval.sampler=ddim
-      --config.eval.sample_steps=50
+      --config.eval.sample_steps=50 --config.eval.variance=analytic
+Figures: figures/samples_<tag>.png, the tag naming the sampling (e.g. ddim-K50-eta0-analytic).
 Images are scored by the Fréchet distance in the features of a small classifier trained on the same
 dataset (`eval/fd`, with the classifier's test accuracy); 2-D data by sliced W2 and MMD against the
 test split (`eval/sw2`, `eval/mmd`).
@@ -17,11 +30,13 @@ test split (`eval/sw2`, `eval/mmd`).
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import nnx
 
 from jaxgen import data as data_lib
@@ -32,9 +47,12 @@ from jaxgen.tasks import Task
 from jaxgen.train.state import create_train_state, make_train_step
 
 MODELS = ("unet", "mlp")
-SAMPLERS = ("ddpm", "ddim", "pc")
+ODE_SAMPLERS = ("euler", "heun", "dpm2", "amed")
+SAMPLERS = ("ddpm", "ddim", "pc") + ODE_SAMPLERS
+VARIANCES = ("beta", "beta_tilde", "analytic", "npr", "sn")
 EVAL_DEFAULTS = dict(num_samples=500, sampler="ddpm", sample_steps=0, variance="beta", eta=0.0, skip="uniform",
-                     clip_x0=1.0, untrained_baseline=False, classifier_steps=500)
+                     clip_x0=1.0, pixel_width=None, untrained_baseline=False, classifier_steps=500,
+                     gamma_samples=2000, head_steps=1000, amed_iters=200)
 
 
 def eval_config(**overrides):
@@ -47,17 +65,106 @@ def eval_config(**overrides):
     return ml_collections.ConfigDict(dict(EVAL_DEFAULTS, **overrides))
 
 
-def sample(eps_fn, schedule, shape, key, ev):
-    """Draw samples with the sampler named in `ev` (config.eval)."""
+# Config-file variants, one per sampling family, at a few-step setting where the families differ
+# ('ddpm' keeps the config's own sampling). E.g. configs/quickstart.py:analytic or :amed,smoke.
+SAMPLING_VARIANTS = {
+    "ddpm": {},
+    "ddim": dict(sampler="ddim", sample_steps=50, eta=0.0),
+    "analytic": dict(sampler="ddpm", variance="analytic", sample_steps=25),
+    "analytic_ddim": dict(sampler="ddim", variance="analytic", sample_steps=25, eta=0.0),
+    "npr": dict(sampler="ddpm", variance="npr", sample_steps=25),
+    "sn": dict(sampler="ddpm", variance="sn", sample_steps=25),
+    "pc": dict(sampler="pc", sample_steps=100),
+    "euler": dict(sampler="euler", sample_steps=50),
+    "heun": dict(sampler="heun", sample_steps=35),
+    "dpm2": dict(sampler="dpm2", sample_steps=10),
+    "amed": dict(sampler="amed", sample_steps=5),
+}
+
+
+def config_with_variant(get_base, arg: str | None):
+    """A DDPM config file's get_config: `arg` is an optional sampling variant (SAMPLING_VARIANTS) and/or
+    'smoke', comma-separated; get_base(smoke) returns the file's config."""
+    from jaxgen.config import parse_variant
+
+    v = parse_variant(arg, {"sampling": tuple(SAMPLING_VARIANTS)}, {"sampling": "ddpm"})
+    c = get_base(v["smoke"])
+    c.eval.update(SAMPLING_VARIANTS[v["sampling"]])
+    if v["smoke"] and v["sampling"] != "ddpm":
+        c.eval.sample_steps = min(c.eval.sample_steps or c.diffusion.num_steps, 5)
+        c.eval.update(gamma_samples=64, head_steps=5, amed_iters=5)
+    return c
+
+
+def sampler_tag(ev) -> str:
+    """A short name of the sampling setting in `ev` (config.eval), e.g. 'ddim-K50-eta0' or 'heun-nfe9'."""
+    K = ev.sample_steps
+    if ev.sampler in ODE_SAMPLERS:
+        return f"{ev.sampler}-nfe{K or 'T'}"
+    tag = f"{ev.sampler}-K{K or 'T'}"
+    if ev.sampler == "ddim":
+        tag += f"-eta{ev.eta:g}"
+    if ev.sampler == "ddpm" or (ev.sampler == "ddim" and ev.variance in ("analytic", "npr", "sn")):
+        tag += f"-{ev.variance}"
+    return tag + ("-quadratic" if ev.skip == "quadratic" and ev.sampler != "pc" else "")
+
+
+def ode_grid(schedule, nfe: int, solver: str) -> tuple[np.ndarray, bool]:
+    """(times, afs) for `nfe` evaluations: Euler takes nfe intervals, the 2-stage solvers ceil(nfe / 2), with
+    the analytical first step when nfe is odd. EDM grid (rho = 7) from sigma / alpha = 80 (or its value at
+    t = 1 if smaller) down to its value at the first training step t = 1 / T."""
+    n = nfe if solver == "euler" else -(-nfe // 2)
+    with jax.ensure_compile_time_eval():  # a host-side grid, also when called under jit
+        sigma_min = float(schedule.sigma_ratio(schedule.step_to_time(jnp.asarray(1))))
+    return diffusion.time_grid(schedule, n, sigma_min=sigma_min), solver != "euler" and nfe % 2 == 1
+
+
+def _denoiser(eps_fn, schedule, clip_x0):
+    """x0-prediction (x - sigma eps_hat) / alpha, clipped to [-c, c] when clip_x0 = c."""
+
+    def denoise(x, t):
+        a, s = schedule.alpha_sigma(t)
+        a, s = a.reshape((-1,) + (1,) * (x.ndim - 1)), s.reshape((-1,) + (1,) * (x.ndim - 1))
+        x0 = (x - s * eps_fn(x, t)) / a
+        return x0 if clip_x0 is None else jnp.clip(x0, -clip_x0, clip_x0)
+
+    return denoise
+
+
+def _eta(ev) -> float:
+    return 1.0 if ev.sampler == "ddpm" else float(ev.eta)
+
+
+def _data_range(ev):
+    """Width of the data interval for the Analytic-DPM clip: [-clip_x0, clip_x0], or unbounded."""
+    return None if ev.clip_x0 is None else 2.0 * ev.clip_x0
+
+
+def sample(eps_fn, schedule, shape, key, ev, *, variances=None, cov_fn=None, rc_fn=None):
+    """Draw samples with the sampler named in `ev` (config.eval).
+
+    variances: Analytic-DPM's per-step variances (ev.variance = 'analytic'); cov_fn: an SN/NPR head's
+    diagonal Cov[x0 | x_t] (ev.variance = 'sn' / 'npr'); rc_fn: the trained AMED predictor (ev.sampler = 'amed').
+    """
     K = ev.sample_steps or schedule.num_steps
+    if ev.sampler in ODE_SAMPLERS:
+        ts, afs = ode_grid(schedule, K, ev.sampler)
+        x_init = schedule.sigma(jnp.asarray(ts[0], jnp.float32)) * jax.random.normal(key, shape)
+        return diffusion.ode_sample(_denoiser(eps_fn, schedule, ev.clip_x0), schedule, x_init, ts, ev.sampler,
+                                    afs=afs, rc_fn=rc_fn)
+    if ev.sampler == "pc":
+        return diffusion.pc_sample(eps_fn, schedule, shape, key, K, skip=ev.skip)
+    if ev.variance in ("analytic", "npr", "sn"):
+        ts = diffusion.skip_timesteps(schedule.num_steps, K, ev.skip)
+        return diffusion.vp_sample(eps_fn, schedule, shape, key, ts, eta=_eta(ev),
+                                   variance="lambda" if variances is None else variances,
+                                   cov_fn=cov_fn, clip_x0=ev.clip_x0)
     if ev.sampler == "ddpm":
         if K == schedule.num_steps:
             return diffusion.ddpm_sample(eps_fn, schedule, shape, key, variance=ev.variance, clip_x0=ev.clip_x0)
         return diffusion.ddpm_skip_sample(eps_fn, schedule, shape, key, K, variance=ev.variance, skip=ev.skip,
                                           clip_x0=ev.clip_x0)
-    if ev.sampler == "ddim":
-        return diffusion.ddim_sample(eps_fn, schedule, shape, key, K, eta=ev.eta, skip=ev.skip, clip_x0=ev.clip_x0)
-    return diffusion.pc_sample(eps_fn, schedule, shape, key, K, skip=ev.skip)
+    return diffusion.ddim_sample(eps_fn, schedule, shape, key, K, eta=ev.eta, skip=ev.skip, clip_x0=ev.clip_x0)
 
 
 def make_model(model_config, info, rngs: nnx.Rngs) -> nnx.Module:
@@ -87,8 +194,17 @@ def _validate(config) -> None:
     if not 0 <= config.eval.sample_steps <= config.diffusion.num_steps:
         raise ConfigError(f"config.eval.sample_steps must be in [0, {config.diffusion.num_steps}] "
                           f"(0 = all steps), got {config.eval.sample_steps}")
-    if config.eval.variance not in ("beta", "beta_tilde"):
-        raise ConfigError(f"config.eval.variance must be 'beta' or 'beta_tilde', got '{config.eval.variance}'")
+    ev = config.eval
+    if ev.variance not in VARIANCES:
+        raise ConfigError(f"config.eval.variance must be one of {VARIANCES}, got '{ev.variance}'")
+    if ev.variance in ("analytic", "npr", "sn") and ev.sampler not in ("ddpm", "ddim"):
+        raise ConfigError(f"config.eval.variance='{ev.variance}' needs config.eval.sampler 'ddpm' or 'ddim', "
+                          f"got '{ev.sampler}'")
+    if ev.sampler in ODE_SAMPLERS and ev.sample_steps == 1 and ev.sampler != "euler":
+        raise ConfigError(f"config.eval.sample_steps (the NFE) must be >= 2 for '{ev.sampler}' (or 0 = T)")
+    for name in ("gamma_samples", "head_steps", "amed_iters"):
+        if ev[name] < 1:
+            raise ConfigError(f"config.eval.{name} must be >= 1, got {ev[name]}")
     if config.eval.num_samples < 2:
         raise ConfigError(f"config.eval.num_samples must be >= 2, got {config.eval.num_samples}")
 
@@ -123,34 +239,185 @@ def build(config) -> Task:
 
     train_step = make_train_step(loss_fn, tx, lr_schedule, config.ema_decay)
 
-    n = config.eval.num_samples
+    ev = config.eval
+    n = ev.num_samples
     sample_shape = (n,) + tuple(info.shape)
+    K = ev.sample_steps or schedule.num_steps
+    amed_graphdef, amed_abstract = nnx.split(nnx.eval_shape(lambda: diffusion.AMEDPredictor(rngs=nnx.Rngs(0))))
 
-    @jax.jit
-    def draw(params, key):
-        return sample(eps_fn(params), schedule, sample_shape, key, config.eval)
+    def head_fn(head_params):  # SN/NPR heads share the model's architecture, with a softplus output
+        return lambda x, t: jax.nn.softplus(eps_fn(head_params)(x, t))
+
+    def learned_inputs(params, key, cache_dir, step):
+        """(static, aux) inputs of the learned samplers: Analytic-DPM's variances, an SN/NPR head, the
+        AMED predictor. Fitted on the frozen model once per checkpoint step and step set, then cached."""
+        if ev.sampler in ("ddpm", "ddim") and ev.variance == "analytic":
+            ts = diffusion.skip_timesteps(schedule.num_steps, K, ev.skip)
+            gamma = _cached_gamma(os.path.join(cache_dir, f"gamma_step{step}_K{K}_{ev.skip}.json"), ts, lambda: (
+                diffusion.estimate_gamma(eps_fn(params), schedule, train_x()[:ev.gamma_samples], key, ts,
+                                         batch_size=min(ev.gamma_samples, 500))))
+            var = diffusion.analytic_variance(schedule, ts, gamma, _eta(ev), _data_range(ev), ev.pixel_width)
+            return dict(variances=var), {}
+        if ev.sampler in ("ddpm", "ddim") and ev.variance in ("npr", "sn"):
+            def fit():
+                head_init = nnx.split(new_model(jax.random.fold_in(key, 1)), nnx.Param)[1]
+                fitted, _, loss = diffusion.fit_cov_head(
+                    ev.variance, lambda p, x, t: eps_fn(p)(x, t), head_init, eps_fn(params), schedule, train_x(),
+                    key, ev.head_steps, config.train.batch_size, config.optimizer.learning_rate)
+                print(f"{ev.variance.upper()} head: {ev.head_steps} steps, final loss {loss:.4g}", flush=True)
+                return fitted
+
+            return {}, dict(head=_cached_pytree(os.path.join(cache_dir, f"{ev.variance}_head_step{step}"),
+                                                abstract_params, fit))
+        if ev.sampler == "amed":
+            def fit():
+                ts, afs = ode_grid(schedule, K, "amed")
+                sigma0 = schedule.sigma(jnp.asarray(ts[0], jnp.float32))
+                _, fit_info = diffusion.fit_amed(
+                    _denoiser(eps_fn(params), schedule, ev.clip_x0), schedule, ts,
+                    lambda k, m: sigma0 * jax.random.normal(k, (m,) + tuple(info.shape)), key, afs=afs,
+                    num_train=512, batch_size=64, num_iters=ev.amed_iters)
+                print(f"AMED predictor: {ev.amed_iters} steps, loss {fit_info['losses'][0]:.4g} -> "
+                      f"{fit_info['losses'][-1]:.4g}, mean r per step {np.round(fit_info['r'], 3)}", flush=True)
+                return fit_info["state"]
+
+            return {}, dict(amed=_cached_pytree(os.path.join(cache_dir, f"amed_step{step}_nfe{K}"), amed_abstract,
+                                                fit))
+        return {}, {}
+
+    _train_x = []
+
+    def train_x():
+        if not _train_x:
+            _train_x.append(data_lib.load_split(config.data, config.data.split_train)["x"])
+        return _train_x[0]
+
+    def make_draw(sampling, static):
+        @jax.jit
+        def draw(params, aux, key):
+            cov_fn = rc_fn = None
+            if "head" in aux:
+                make_cov = diffusion.npr_cov_fn if sampling.variance == "npr" else diffusion.sn_cov_fn
+                cov_fn = make_cov(head_fn(aux["head"]), schedule, _data_range(sampling))
+            if "amed" in aux:
+                rc_fn = diffusion.make_rc_fn(amed_graphdef, aux["amed"])
+            return sample(eps_fn(params), schedule, sample_shape, key, sampling, cov_fn=cov_fn, rc_fn=rc_fn,
+                          **static)
+
+        return draw
 
     def evaluate(state, key, workdir):
-        k_sample, k_metric, k_untrained = jax.random.split(key, 3)
+        k_sample, k_metric, k_untrained, k_fit = jax.random.split(key, 4)
         test = data_lib.load_split(config.data, config.data.split_test)
         params = state.ema_params if state.ema_params is not None else state.params
-        generated = np.asarray(jax.device_get(draw(params, k_sample)))
+        static, aux = learned_inputs(params, k_fit, os.path.join(workdir, "sampling"), int(state.step))
+        aux = jax.device_put(aux, _replicated_like(params))  # restored or fitted on one device
+        generated = np.asarray(jax.device_get(make_draw(ev, static)(params, aux, k_sample)))
         score = _scorer(config, info, test, k_metric)
         out = score(generated)
-        if config.eval.untrained_baseline:
+        if ev.untrained_baseline:  # the same sampler without its learned inputs
+            plain = _without_learned_inputs(ev)
             untrained = init(k_untrained).params
-            out.update({f"{k}_untrained": v for k, v in score(np.asarray(draw(untrained, k_sample))).items()
+            generated_untrained = np.asarray(make_draw(plain, {})(untrained, {}, k_sample))
+            out.update({f"{k}_untrained": v for k, v in score(generated_untrained).items()
                         if not k.startswith("classifier")})
+        tag = sampler_tag(ev)
         if jax.process_index() == 0:
-            viz.save_samples_figure(os.path.join(workdir, "figures", "samples.png"), generated, test["x"][:n],
-                                    title=", ".join(f"{k}={v:.3g}" for k, v in out.items()))
+            viz.save_samples_figure(os.path.join(workdir, "figures", f"samples_{tag}.png"), generated,
+                                    test["x"][:n], title=tag + ": " + ", ".join(
+                                        f"{k}={v:.3g}" for k, v in out.items()))
+        print(f"sampled with {tag}: figures/samples_{tag}.png", flush=True)
         return out
 
     return Task(init=init, train_step=train_step, evaluate=evaluate)
 
 
+def load_trained(config, workdir: str):
+    """(eps_fn(x, t), schedule, step) of the model in `workdir`'s latest checkpoint (the EMA weights when
+    the config keeps them), on one device: for analyses outside the training loop."""
+    from jaxgen.train.checkpoint import Checkpointer
+
+    info = data_lib.dataset_info(config.data)
+    schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_steps)
+    graphdef, abstract_params = nnx.split(
+        nnx.eval_shape(lambda: make_model(config.model, info, nnx.Rngs(params=jax.random.key(0)))), nnx.Param)
+    tx = make_optimizer(config.optimizer, config.train.num_steps)[0](abstract_params)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                            jax.eval_shape(lambda p: create_train_state(p, tx, config.ema_decay), abstract_params))
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=None)  # read only: never prunes
+    try:
+        step = ckpt.latest_step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; train first (python -m jaxgen.run ...)")
+        state = ckpt.restore(step, abstract)
+    finally:
+        ckpt.close()
+    model = nnx.merge(graphdef, state.ema_params if state.ema_params is not None else state.params)
+    return (lambda x, t: model(x, t)), schedule, step
+
+
+def _without_learned_inputs(ev):
+    """`ev` with the learned parts replaced by their plain counterparts (Analytic/SN/NPR -> beta_tilde,
+    AMED -> DPM-Solver-2: AMED with r = 1/2, c = 1)."""
+    plain = ev.copy_and_resolve_references()
+    if plain.variance in ("analytic", "npr", "sn"):
+        plain.variance = "beta_tilde"
+    if plain.sampler == "amed":
+        plain.sampler = "dpm2"
+    return plain
+
+
+def _replicated_like(tree):
+    """A sharding that replicates over the devices holding `tree`'s first leaf."""
+    sharding = jax.tree.leaves(tree)[0].sharding
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    return sharding
+
+
+def _cached_gamma(path, timesteps, estimate):
+    """Gamma at `timesteps` from the JSON cache at `path`, or estimated and written there."""
+    if os.path.exists(path):
+        with open(path) as f:
+            cached = json.load(f)
+        if cached["timesteps"] == [int(t) for t in timesteps]:
+            return np.asarray(cached["gamma"])
+    gamma = estimate()
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump({"timesteps": [int(t) for t in timesteps], "gamma": [float(g) for g in gamma]}, f)
+    return gamma
+
+
+def _cached_pytree(path, abstract, fit):
+    """The pytree orbax-saved at `path` (restored onto `abstract`'s structure), or fit() saved there."""
+    path = os.path.abspath(path)
+    with ocp.StandardCheckpointer() as checkpointer:
+        if os.path.exists(path):
+            return checkpointer.restore(path, abstract)
+        value = fit()
+        checkpointer.save(path, value)
+        checkpointer.wait_until_finished()
+    return value
+
+
 def _scorer(config, info, test, key):
-    """A function generated -> {metric: value} against the test split."""
+    """A function generated -> {metric: value} against the test split (inf for samples that diverged)."""
+    score = _finite_scorer(config, info, test, key)
+
+    def checked(generated):
+        if np.all(np.isfinite(generated)):
+            return score(generated)
+        bad = np.mean(~np.all(np.isfinite(generated.reshape(len(generated), -1)), 1))
+        print(f"warning: {bad:.1%} of the samples are not finite (the sampler diverged)", flush=True)
+        return {k: (float("inf") if k in ("fd", "sw2", "mmd") else v) for k, v in score(test["x"][:2]).items()}
+
+    return checked
+
+
+def _finite_scorer(config, info, test, key):
     if len(info.shape) == 1:
         real = jnp.asarray(test["x"][:config.eval.num_samples])  # equal sizes; MMD is quadratic in memory
 

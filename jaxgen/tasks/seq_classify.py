@@ -40,6 +40,7 @@ import optax
 from flax import nnx
 
 from jaxgen import data as data_lib
+from jaxgen import config as config_lib
 from jaxgen.config import ConfigError
 from jaxgen.optim import make_optimizer
 from jaxgen.tasks import Task
@@ -55,37 +56,8 @@ POOLINGS = ("mean", "last")
 
 def parse_variant(arg: str | None, groups: dict[str, tuple[str, ...]] | None = None,
                   defaults: dict[str, str] | None = None) -> dict:
-    """'lru,smoke' -> {'ssm': 'lru', 'smoke': True}.
-
-    A variant string is comma-separated tokens in any order: at most one from each group (default
-    groups: {'ssm': ('s4d', 's4', 'lru')}) and an optional 'smoke'. Groups not named take their
-    default (default: 's4d'). Unknown, repeated or conflicting tokens raise ValueError.
-    """
-    groups = {"ssm": SSMS} if groups is None else groups
-    out = dict(defaults or {"ssm": "s4d"})
-    out["smoke"] = False
-    seen: set[str] = set()
-    accepted = ", ".join(f"one of {'/'.join(v)}" for v in groups.values())
-    for token in (arg or "").split(","):
-        token = token.strip()
-        if not token:
-            continue
-        if token in seen:
-            raise ValueError(f"variant '{token}' given twice in '{arg}'")
-        seen.add(token)
-        if token == "smoke":
-            out["smoke"] = True
-            continue
-        for group, choices in groups.items():
-            if token in choices:
-                if seen & set(choices) - {token}:
-                    raise ValueError(f"more than one {group} in variant '{arg}'; give one of {choices}")
-                out[group] = token
-                break
-        else:
-            raise ValueError(f"unknown variant '{token}'; accepted: {accepted}, and/or smoke, comma-separated "
-                             f"(e.g. '{next(iter(groups.values()))[-1]},smoke')")
-    return out
+    """`jaxgen.config.parse_variant` with the SSM group: 'lru,smoke' -> {'ssm': 'lru', 'smoke': True}."""
+    return config_lib.parse_variant(arg, {"ssm": SSMS} if groups is None else groups, defaults or {"ssm": "s4d"})
 
 
 def default_ssm_kwargs(ssm: str) -> ml_collections.ConfigDict:
