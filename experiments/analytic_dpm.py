@@ -1,6 +1,6 @@
 """Analytic-DPM and Extended Analytic-DPM against DDPM/DDIM at K = 10, 25, 50, 100 steps, on the oracle.
 
-    python -m experiments.analytic_dpm [--quick] [--out DIR]
+    python -m experiments.analytic_dpm [--quick] [--out DIR] [--digits WORKDIR] [--settings digits]
 
 Settings `oracle-2d` and `oracle-16d`: the exact eps-prediction of the Gaussian-mixture oracle on the DDPM
 linear schedule (T = 1000), so the mean of every reverse step is perfect and only the variance differs.
@@ -20,15 +20,17 @@ minimises, and `kl_bits_even` for the evenly spaced trajectory with the same end
 for the same method and K where REFERENCE.md has it (recalled numbers, K = 10/25/50): the paper's direction
 is that the analytic variance is clearly better at few steps.
 
-Trained models (the lead's digits DDPM): `evaluate_model('digits', eps_fn, schedule, train_data, test_data,
-key, ks, npr_head=..., sn_head=...)` returns the same rows (heads: functions (x, t) -> [B, ...]; omit to skip
-the NPR/SN rows; `train_head` trains one with the package losses). Gamma is estimated on `train_data`.
-Figure: analytic_dpm.png (sw2 vs K per method).
+Setting `digits` (with --digits WORKDIR): the quickstart UNet (configs/quickstart.py) trained in WORKDIR;
+Gamma on its 1500 training digits (300 for the OT trajectory's all-T estimate); NPR/SN heads are UNets of the
+same architecture trained 3000 steps on the frozen model; 1000 samples scored against the 297 test digits
+with `fd` (the task's eval/fd) besides sw2 / mmd; the second-to-last step clipped for 17-level pixels.
+Any other model: `evaluate_model(setting, eps_fn, schedule, train_data, test_data, key, ks, npr_head=...,
+sn_head=...)` returns the same rows (heads: (x, t) -> [B, ...]; omit to skip the NPR/SN rows).
+Figure: analytic_dpm.png (sw2, or fd for digits, vs K per method).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -36,15 +38,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from jaxgen import diffusion as D  # noqa: E402
-from jaxgen import metrics  # noqa: E402
 from jaxgen.nets import MLPDenoiser  # noqa: E402
-from experiments._report import markdown_table as _table  # noqa: E402
+from experiments._report import digits_model, markdown_table as _table, sample_quality, write_rows  # noqa: E402
 
 # REFERENCE.md (recalled): CIFAR-10 FID at K = 10 / 25 / 50
 PAPER_FID = {
@@ -53,16 +53,6 @@ PAPER_FID = {
     "Analytic-DDIM": {10: 14.00, 25: 5.81, 50: 4.04},
     "DDIM": {10: 21.31, 25: 10.70, 50: 7.74},
 }
-
-
-def _quality(x, data, key):
-    x = jnp.asarray(x, jnp.float32).reshape(x.shape[0], -1)
-    y = jnp.asarray(data, jnp.float32).reshape(data.shape[0], -1)
-    scale = float(jnp.sqrt(jnp.mean(jnp.var(y, 0)) * y.shape[1]))
-    bw = tuple(scale * h for h in (0.05, 0.1, 0.2, 0.5, 1.0))
-    m = min(x.shape[0], 2000)
-    return dict(sw2=float(metrics.sliced_wasserstein(x, y, key, 256)),
-                mmd=float(metrics.mmd(x[:m], y[:m], bandwidths=bw)))
 
 
 def train_head(kind: str, eps_fn, schedule, data, key, steps: int = 2000, batch: int = 512, hidden: int = 128,
@@ -78,8 +68,11 @@ def train_head(kind: str, eps_fn, schedule, data, key, steps: int = 2000, batch:
 
 def evaluate_model(setting, eps_fn, schedule, train_data, test_data, key, ks, npr_head=None, sn_head=None,
                    exact_cov_fn=None, n_samples: int = 4000, data_range: float = 2.0, with_ot: bool = True,
-                   log=print):
-    """Rows for one eps-model on a DiscreteVP schedule (see the module docstring)."""
+                   ot_gamma_points: int = 10000, pixel_width: float | None = None, extra_metrics=None, log=print):
+    """Rows for one eps-model on a DiscreteVP schedule (see the module docstring).
+
+    ot_gamma_points: training points for Gamma at all T steps (the OT trajectory's DP); pixel_width: the
+    Analytic-DPM clip of the second-to-last step (None: off); extra_metrics: x -> {name: value} per row."""
     T = schedule.num_steps
     shape = (n_samples,) + tuple(train_data.shape[1:])
     kg, kq, ks_ = jax.random.split(key, 3)
@@ -87,7 +80,8 @@ def evaluate_model(setting, eps_fn, schedule, train_data, test_data, key, ks, np
     t0 = time.time()
     gamma_all = None
     if with_ot:
-        gamma_all = D.estimate_gamma(eps_fn, schedule, train_data[:10000], kg, np.arange(1, T + 1), batch_size=5000)
+        gamma_all = D.estimate_gamma(eps_fn, schedule, train_data[:ot_gamma_points], kg, np.arange(1, T + 1),
+                                     batch_size=5000)
         log(f"  {setting}: Gamma at all {T} steps in {time.time() - t0:.0f} s")
     rows = []
     J = D.kl_step_costs(schedule, gamma_all, 1.0, data_range) if with_ot else None
@@ -103,15 +97,17 @@ def evaluate_model(setting, eps_fn, schedule, train_data, test_data, key, ks, np
         runs = {
             "DDPM(beta)": lambda: D.ddpm_skip_sample(eps_fn, schedule, shape, k, K, "beta"),
             "DDPM(beta_tilde)": lambda: D.ddpm_skip_sample(eps_fn, schedule, shape, k, K, "beta_tilde"),
-            "Analytic-DDPM": lambda: D.analytic_dpm_sample(eps_fn, schedule, shape, k, ts, gamma, 1.0, data_range),
+            "Analytic-DDPM": lambda: D.analytic_dpm_sample(eps_fn, schedule, shape, k, ts, gamma, 1.0, data_range,
+                                                            pixel_width),
             "DDIM": lambda: D.ddim_sample(eps_fn, schedule, shape, k, K, eta=0.0),
-            "Analytic-DDIM": lambda: D.analytic_dpm_sample(eps_fn, schedule, shape, k, ts, gamma, 0.0, data_range),
+            "Analytic-DDIM": lambda: D.analytic_dpm_sample(eps_fn, schedule, shape, k, ts, gamma, 0.0, data_range,
+                                                            pixel_width),
         }
         if with_ot and K >= 2:
             ot = D.optimal_trajectory(schedule, gamma_all, K, eta=1.0, data_range=data_range)
             g_ot = D.estimate_gamma(eps_fn, schedule, g_data, jax.random.fold_in(kg, 10_000 + K), ot)
             runs["Analytic-DDPM (OT)"] = lambda: D.analytic_dpm_sample(eps_fn, schedule, shape, k, ot, g_ot, 1.0,
-                                                                       data_range)
+                                                                       data_range, pixel_width)
         for name, head, make in (("NPR", npr_head, D.npr_cov_fn), ("SN", sn_head, D.sn_cov_fn),
                                  ("Exact-cov", exact_cov_fn, None)):
             if head is None:
@@ -123,7 +119,8 @@ def evaluate_model(setting, eps_fn, schedule, train_data, test_data, key, ks, np
         for name, run in runs.items():
             t1 = time.time()
             x = jax.block_until_ready(run())
-            row = dict(method=name, setting=setting, steps=int(K), nfe=int(K), **_quality(x, test_data, kq),
+            row = dict(method=name, setting=setting, steps=int(K), nfe=int(K),
+                       **sample_quality(x, test_data, kq, extra_metrics),
                        time_ms=1000 * (time.time() - t1), paper_fid_cifar10=PAPER_FID.get(name, {}).get(K))
             if name == "Analytic-DDPM (OT)":  # same endpoints 1 and T for both
                 row["kl_bits"] = kl_bits(ot)
@@ -143,16 +140,42 @@ def _oracle_exact_cov(gm, schedule):
     return cov_fn
 
 
+def _digits_rows(m, ks, quick):
+    """The digits setting: SN / NPR heads are UNets of the model's architecture trained on the frozen model."""
+    from jaxgen.data import dataset_info
+    from jaxgen.tasks.ddpm import make_model
+
+    config, schedule = m["config"], m["schedule"]
+    info = dataset_info(config.data)
+    steps = 200 if quick else 3000
+    heads = {}
+    for i, kind in enumerate(("npr", "sn")):
+        t0 = time.time()
+        graphdef, params = nnx.split(make_model(config.model, info, nnx.Rngs(params=jax.random.key(10 + i))),
+                                     nnx.Param)
+        params, head_fn, loss = D.fit_cov_head(kind, lambda p, x, t: nnx.merge(graphdef, p)(x, t), params,
+                                               m["eps_fn"], schedule, m["train"], jax.random.key(20 + i), steps,
+                                               batch_size=64, learning_rate=1e-3)
+        heads[kind] = head_fn(params)
+        print(f"  digits: {kind} head (UNet, {steps} steps, batch 64) loss {loss:.4f} in {time.time() - t0:.0f} s")
+    return evaluate_model("digits", m["eps_fn"], schedule, m["train"], m["test"], jax.random.key(5), ks,
+                          npr_head=heads["npr"], sn_head=heads["sn"], n_samples=500 if quick else 1000,
+                          with_ot=not quick, ot_gamma_points=300, pixel_width=config.eval.pixel_width,
+                          extra_metrics=m["fd"])
+
+
 def _figure(rows, path):
     settings = sorted({r["setting"] for r in rows})
     fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.5), squeeze=False)
     for ax, setting in zip(axes[0], settings):
         rs = [r for r in rows if r["setting"] == setting]
+        metric = "fd" if "fd" in rs[0] else "sw2"
         for j, method in enumerate(dict.fromkeys(r["method"] for r in rs)):
-            pts = sorted((r["steps"], r["sw2"]) for r in rs if r["method"] == method)
+            pts = sorted((r["steps"], r[metric]) for r in rs if r["method"] == method)
             ls = "--" if "DDIM" in method else "-"
             ax.plot(*zip(*pts), marker="o", ls=ls, color=plt.cm.tab20(j % 20), label=method)
-        ax.set(xscale="log", yscale="log", xlabel="steps K", ylabel="sliced W2 to data", title=setting)
+        ax.set(xscale="log", yscale="log", xlabel="steps K", title=setting,
+               ylabel="Fréchet distance (classifier features)" if metric == "fd" else "sliced W2 to data")
         ks = sorted({r["steps"] for r in rs})
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.minorticks_off()
@@ -166,14 +189,21 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="experiments/results")
+    ap.add_argument("--digits", metavar="WORKDIR", help="also the digits rows, from the quickstart model trained in "
+                    "WORKDIR (trained there first, ~3 min, if it holds no checkpoint)")
+    ap.add_argument("--settings", default=None, help="comma-separated subset of oracle-2d,oracle-16d,digits to run; "
+                    "the other settings' rows already in the results file are kept")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
+    settings = (args.settings or "oracle-2d,oracle-16d" + (",digits" if args.digits else "")).split(",")
     ks = [10] if args.quick else [10, 25, 50, 100]
     n = 2000 if args.quick else 5000
     schedule = D.make_schedule("linear", 1000)
     rows = []
     t0 = time.time()
     for setting, gm in (("oracle-2d", D.oracle_2d()), ("oracle-16d", D.oracle_16d())):
+        if setting not in settings:
+            continue
         eps_fn = gm.eps_fn(schedule)
         train = gm.sample(jax.random.key(1), 20000)
         test = gm.sample(jax.random.key(2), n)
@@ -184,10 +214,13 @@ def main(argv=None):
         rows += evaluate_model(setting, eps_fn, schedule, train, test, jax.random.key(5), ks, npr_head=npr,
                                sn_head=sn, exact_cov_fn=_oracle_exact_cov(gm, schedule), n_samples=n,
                                with_ot=not args.quick)
-    with open(os.path.join(args.out, "analytic_dpm.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+    if "digits" in settings:
+        if not args.digits:
+            ap.error("the digits setting needs --digits WORKDIR")
+        rows += _digits_rows(digits_model(args.digits), ks, args.quick)
+    rows = write_rows(os.path.join(args.out, "analytic_dpm.json"), rows, settings)
     _figure(rows, os.path.join(args.out, "analytic_dpm.png"))
-    print(_table(rows, ["method", "setting", "steps", "sw2", "mmd", "kl_bits", "kl_bits_even",
+    print(_table(rows, ["method", "setting", "steps", "sw2", "mmd", "fd", "kl_bits", "kl_bits_even",
                         "paper_fid_cifar10"]))
     print(f"\n(total {time.time() - t0:.0f} s)")
 

@@ -65,14 +65,15 @@ def test_ode_grid_counts_evaluations():
     assert np.isclose(sig[0], 80.0, rtol=1e-4) and np.isclose(sig[-1], np.sqrt(1e-4 / (1 - 1e-4)), rtol=1e-3)
 
 
-def test_digits_unet_with_npr_heads_runs_end_to_end(tmp_path):
-    """configs/quickstart.py:npr,smoke: a UNet head trained on the frozen UNet, scored by the Fréchet distance."""
-    config = config_lib.load_config(QUICKSTART + ":npr,smoke")
+def test_digits_unet_with_analytic_variance_runs_end_to_end(tmp_path):
+    """configs/quickstart.py:analytic,smoke: Gamma of the UNet, the pixel clip, scored by the Fréchet distance
+    (SN/NPR heads share the code path with the MLP heads of the toy tests, at a much larger compile time)."""
+    config = config_lib.load_config(QUICKSTART + ":analytic,smoke")
     config.eval.untrained_baseline = False  # the baseline's plain sampler runs in the toy tests
     out = train_and_evaluate(config, str(tmp_path))
     assert np.isfinite(out["eval/fd"])
-    assert os.path.isdir(tmp_path / "sampling" / "npr_head_step4")
-    assert os.path.exists(tmp_path / "figures" / "samples_ddpm-K5-npr.png")
+    assert os.path.exists(tmp_path / "sampling" / "gamma_step4_K5_uniform.json")
+    assert os.path.exists(tmp_path / "figures" / "samples_ddpm-K5-analytic.png")
 
 
 def test_diverged_samples_score_inf_with_a_warning(capsys):

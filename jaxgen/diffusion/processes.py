@@ -444,3 +444,15 @@ def velocity_to_x0_eps(x, u, alpha, sigma, dalpha, dsigma):
     x0 = (dsigma * x - sigma * u) / det
     eps = (alpha * u - dalpha * x) / det
     return x0, eps
+
+
+def denoiser_from_eps(eps_fn, process: Process, clip_x0: float | None = None):
+    """x0-prediction D(x, t) = (x - sigma(t) eps_fn(x, t)) / alpha(t) for the ODE solvers, clipped to
+    [-clip_x0, clip_x0] when given (t [B])."""
+
+    def denoise(x, t):
+        a, s = process.alpha_sigma(t)
+        x0 = (x - _bcast(s, x) * eps_fn(x, t)) / _bcast(a, x)
+        return x0 if clip_x0 is None else jnp.clip(x0, -clip_x0, clip_x0)
+
+    return denoise

@@ -119,18 +119,6 @@ def ode_grid(schedule, nfe: int, solver: str) -> tuple[np.ndarray, bool]:
     return diffusion.time_grid(schedule, n, sigma_min=sigma_min), solver != "euler" and nfe % 2 == 1
 
 
-def _denoiser(eps_fn, schedule, clip_x0):
-    """x0-prediction (x - sigma eps_hat) / alpha, clipped to [-c, c] when clip_x0 = c."""
-
-    def denoise(x, t):
-        a, s = schedule.alpha_sigma(t)
-        a, s = a.reshape((-1,) + (1,) * (x.ndim - 1)), s.reshape((-1,) + (1,) * (x.ndim - 1))
-        x0 = (x - s * eps_fn(x, t)) / a
-        return x0 if clip_x0 is None else jnp.clip(x0, -clip_x0, clip_x0)
-
-    return denoise
-
-
 def _eta(ev) -> float:
     return 1.0 if ev.sampler == "ddpm" else float(ev.eta)
 
@@ -150,8 +138,8 @@ def sample(eps_fn, schedule, shape, key, ev, *, variances=None, cov_fn=None, rc_
     if ev.sampler in ODE_SAMPLERS:
         ts, afs = ode_grid(schedule, K, ev.sampler)
         x_init = schedule.sigma(jnp.asarray(ts[0], jnp.float32)) * jax.random.normal(key, shape)
-        return diffusion.ode_sample(_denoiser(eps_fn, schedule, ev.clip_x0), schedule, x_init, ts, ev.sampler,
-                                    afs=afs, rc_fn=rc_fn)
+        denoise = diffusion.denoiser_from_eps(eps_fn, schedule, ev.clip_x0)
+        return diffusion.ode_sample(denoise, schedule, x_init, ts, ev.sampler, afs=afs, rc_fn=rc_fn)
     if ev.sampler == "pc":
         return diffusion.pc_sample(eps_fn, schedule, shape, key, K, skip=ev.skip)
     if ev.variance in ("analytic", "npr", "sn"):
@@ -274,7 +262,7 @@ def build(config) -> Task:
                 ts, afs = ode_grid(schedule, K, "amed")
                 sigma0 = schedule.sigma(jnp.asarray(ts[0], jnp.float32))
                 _, fit_info = diffusion.fit_amed(
-                    _denoiser(eps_fn(params), schedule, ev.clip_x0), schedule, ts,
+                    diffusion.denoiser_from_eps(eps_fn(params), schedule, ev.clip_x0), schedule, ts,
                     lambda k, m: sigma0 * jax.random.normal(k, (m,) + tuple(info.shape)), key, afs=afs,
                     num_train=512, batch_size=64, num_iters=ev.amed_iters)
                 print(f"AMED predictor: {ev.amed_iters} steps, loss {fit_info['losses'][0]:.4g} -> "
