@@ -4,7 +4,10 @@ Launch on a Cloud TPU VM (v4-8 or v5e-8; one host, 8 chips), with the data prepa
 $TFDS_DATA_DIR (preparing needs TensorFlow once: see README):
 
     pip install -e '.[tpu]'
-    python -m jaxgen.run --config configs/ddpm_cifar10.py --workdir gs://BUCKET/ddpm_cifar10
+    python -m jaxgen.run --config configs/ddpm_cifar10.py --workdir /mnt/disks/persist/ddpm_cifar10
+
+The workdir is a local path (a persistent disk, or a bucket mounted with gcsfuse); gs:// URLs are not
+supported by the metric and config writers yet.
 
 On a multi-host slice run the same command on every host (`gcloud compute tpus tpu-vm ssh NAME
 --worker=all --command=...`); jax.distributed initialises itself and each host reads its shard.
@@ -13,6 +16,16 @@ Adam 2e-4, batch 128, warmup 5000, grad clip 1, EMA 0.9999, random flip; T = 100
 800k steps: the paper reports 21 steps/s on a TPU v3-8 (10.6 h to completion); expect about that on a v4-8.
 Expected: FID 3.17, IS 9.46 (paper; 3.24 in score_sde's JAX port) with 50k samples and Inception
 features. Our built-in `eval/fd` uses the small-classifier features instead (not comparable to FID).
+
+Sampling families (variants; re-run the finished workdir with `--config configs/ddpm_cifar10.py:VARIANT` to
+only sample and evaluate). Published CIFAR-10 FIDs for this model family (REFERENCE.md; some recalled):
+    ddpm            1000 steps, beta                    3.17 (Ho et al.)
+    ddim            50 steps, eta 0                     4.67 (Song et al.; 13.36 / 6.84 / 4.16 at 10 / 20 / 100)
+    analytic        Analytic-DDPM, 25 steps             11.60 vs 21.83 for DDPM(beta_tilde) (Bao et al.; K = 10: 34.26)
+    analytic_ddim   Analytic-DDIM, 25 steps, eta 0      5.81 vs 10.70 for DDIM (K = 10: 14.00 vs 21.31)
+    npr, sn         NPR-/SN-DDPM heads, 25 steps        below Analytic-DDPM (Bao et al. 2022b; no number recorded)
+    amed            AMED, 5 NFE                         6.61 (Zhou et al., on EDM's model, not this one)
+    pc, euler, heun, dpm2                               no published number for this model recorded
 Variant `:smoke` runs a 2-step miniature on mock-sized data (used by the tests).
 """
 

@@ -22,7 +22,7 @@ is that the analytic variance is clearly better at few steps.
 
 Setting `digits` (with --digits WORKDIR): the quickstart UNet (configs/quickstart.py) trained in WORKDIR;
 Gamma on its 1500 training digits (300 for the OT trajectory's all-T estimate); NPR/SN heads are UNets of the
-same architecture trained 3000 steps on the frozen model; 1000 samples scored against the 297 test digits
+same architecture trained 2000 steps (batch 64) on the frozen model; 1000 samples scored against the 297 test digits
 with `fd` (the task's eval/fd) besides sw2 / mmd; the second-to-last step clipped for 17-level pixels.
 Any other model: `evaluate_model(setting, eps_fn, schedule, train_data, test_data, key, ks, npr_head=...,
 sn_head=...)` returns the same rows (heads: (x, t) -> [B, ...]; omit to skip the NPR/SN rows).
@@ -147,7 +147,7 @@ def _digits_rows(m, ks, quick):
 
     config, schedule = m["config"], m["schedule"]
     info = dataset_info(config.data)
-    steps = 200 if quick else 3000
+    steps = 200 if quick else 2000
     heads = {}
     for i, kind in enumerate(("npr", "sn")):
         t0 = time.time()
