@@ -1,4 +1,4 @@
-"""Sample quality against the number of function evaluations (NFE) for every sampler, on the exact oracle.
+"""Sample quality against the number of function evaluations (NFE) for every sampler, on the oracle and digits.
 
     python -m experiments.sampler_nfe [--quick] [--out DIR] [--digits WORKDIR] [--settings digits]
 
