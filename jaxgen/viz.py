@@ -29,15 +29,17 @@ def _figure():
     return plt
 
 
-def save_samples_figure(path: str, generated: np.ndarray, real: np.ndarray, title: str = "") -> None:
-    """Generated samples (left) beside real data (right): images or 2-D points."""
+def save_samples_figure(path: str, generated: np.ndarray, real: np.ndarray, title: str = "",
+                        ncols: int | None = None, max_images: int | None = 64) -> None:
+    """Generated samples (left) beside real data (right): images (the first `max_images` of each, in grids
+    of `ncols` columns; None: all, square grid) or 2-D points."""
     plt = _figure()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(10, 5))
     for ax, x, name in zip(axes, (generated, real), ("generated", "real")):
         x = np.asarray(x)
         if x.ndim == 4:
-            g = image_grid(x[:64])
+            g = image_grid(x[:max_images], ncols=ncols)
             ax.imshow(g[..., 0] if g.shape[-1] == 1 else g, cmap="gray" if g.shape[-1] == 1 else None,
                       interpolation="nearest")
             ax.axis("off")

@@ -82,7 +82,8 @@ def test_diverged_samples_score_inf_with_a_warning(capsys):
     test = ddpm.data_lib.load_split(config.data, config.data.split_test)
     samples = np.zeros((64, 2), np.float32)
     samples[:16] = np.nan
-    out = ddpm._scorer(config, info, test, jax.random.key(0))(samples)
+    train = lambda: ddpm.data_lib.load_split(config.data, config.data.split_train)  # noqa: E731
+    out = ddpm._scorer(config, info, test, jax.random.key(0), train)(samples)
     assert out["sw2"] == out["mmd"] == float("inf")
     assert "25.0% of the samples are not finite" in capsys.readouterr().out
 

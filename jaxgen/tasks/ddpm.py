@@ -243,7 +243,7 @@ def build(config) -> Task:
         if ev.sampler in ("ddpm", "ddim") and ev.variance == "analytic":
             ts = diffusion.skip_timesteps(schedule.num_steps, K, ev.skip)
             gamma = _cached_gamma(os.path.join(cache_dir, f"gamma_step{step}_K{K}_{ev.skip}.json"), ts, lambda: (
-                diffusion.estimate_gamma(eps_fn(params), schedule, train_x()[:ev.gamma_samples], key, ts,
+                diffusion.estimate_gamma(eps_fn(params), schedule, train_split()["x"][:ev.gamma_samples], key, ts,
                                          batch_size=min(ev.gamma_samples, 500))))
             var = diffusion.analytic_variance(schedule, ts, gamma, _eta(ev), _data_range(ev), ev.pixel_width)
             return dict(variances=var), {}
@@ -251,8 +251,8 @@ def build(config) -> Task:
             def fit():
                 head_init = nnx.split(new_model(jax.random.fold_in(key, 1)), nnx.Param)[1]
                 fitted, _, loss = diffusion.fit_cov_head(
-                    ev.variance, lambda p, x, t: eps_fn(p)(x, t), head_init, eps_fn(params), schedule, train_x(),
-                    key, ev.head_steps, config.train.batch_size, config.optimizer.learning_rate)
+                    ev.variance, lambda p, x, t: eps_fn(p)(x, t), head_init, eps_fn(params), schedule,
+                    train_split()["x"], key, ev.head_steps, config.train.batch_size, config.optimizer.learning_rate)
                 print(f"{ev.variance.upper()} head: {ev.head_steps} steps, final loss {loss:.4g}", flush=True)
                 return fitted
 
@@ -275,8 +275,8 @@ def build(config) -> Task:
         return {}, {}
 
     @functools.cache
-    def train_x():
-        return data_lib.load_split(config.data, config.data.split_train)["x"]
+    def train_split():  # loaded once, for the learned sampler parts and the image classifier
+        return data_lib.load_split(config.data, config.data.split_train)
 
     def make_draw(sampling, static):
         @jax.jit
@@ -292,19 +292,22 @@ def build(config) -> Task:
 
         return draw
 
+    # jitted once here, so periodic evaluations do not recompile (learned variances are baked in per step)
+    draw_default, draw_untrained = make_draw(ev, {}), make_draw(_without_learned_inputs(ev), {})
+
     def evaluate(state, key, workdir):
         k_sample, k_metric, k_untrained, k_fit = jax.random.split(key, 4)
         test = data_lib.load_split(config.data, config.data.split_test)
         params = state.ema_params if state.ema_params is not None else state.params
         static, aux = learned_inputs(params, k_fit, os.path.join(workdir, "sampling"), int(state.step))
         aux = jax.device_put(aux, _replicated_like(params))  # restored or fitted on one device
-        generated = np.asarray(jax.device_get(make_draw(ev, static)(params, aux, k_sample)))
-        score = _scorer(config, info, test, k_metric)
+        draw = make_draw(ev, static) if static else draw_default
+        generated = np.asarray(jax.device_get(draw(params, aux, k_sample)))
+        score = _scorer(config, info, test, k_metric, train_split)
         out = score(generated)
         if ev.untrained_baseline:  # the same sampler without its learned inputs
-            plain = _without_learned_inputs(ev)
             untrained = init(k_untrained).params
-            generated_untrained = np.asarray(make_draw(plain, {})(untrained, {}, k_sample))
+            generated_untrained = np.asarray(draw_untrained(untrained, {}, k_sample))
             out.update({f"{k}_untrained": v for k, v in score(generated_untrained).items()
                         if not k.startswith("classifier")})
         tag = sampler_tag(ev)
@@ -389,9 +392,9 @@ def _cached_pytree(path, abstract, fit):
     return value
 
 
-def _scorer(config, info, test, key):
+def _scorer(config, info, test, key, train_split):
     """A function generated -> {metric: value} against the test split (inf for samples that diverged)."""
-    score = _finite_scorer(config, info, test, key)
+    score = _finite_scorer(config, info, test, key, train_split)
 
     def checked(generated):
         if np.all(np.isfinite(generated)):
@@ -403,7 +406,7 @@ def _scorer(config, info, test, key):
     return checked
 
 
-def _finite_scorer(config, info, test, key):
+def _finite_scorer(config, info, test, key, train_split):
     if len(info.shape) == 1:
         real = jnp.asarray(test["x"][:config.eval.num_samples])  # equal sizes; MMD is quadratic in memory
 
@@ -412,7 +415,7 @@ def _finite_scorer(config, info, test, key):
             return {"sw2": float(metrics.sliced_wasserstein(g, real, key)), "mmd": float(metrics.mmd(g, real))}
 
         return score
-    train = data_lib.load_split(config.data, config.data.split_train)
+    train = train_split()
     extract, accuracy = metrics.classifier_features(info.name, train["x"], train["label"], test["x"], test["label"],
                                                       num_steps=config.eval.classifier_steps)
     real_features = np.asarray(extract(test["x"]))

@@ -223,35 +223,14 @@ def build(config) -> Task:
             out.update(_score(config, info, test, generated, np.asarray(sample_labels)))
         if jax.process_index() == 0:
             conditional = config.sequence.class_conditional
-            samples_figure(os.path.join(workdir, "figures", "samples.png"), generated, test["x"][:n_samples],
-                           ncols=info.num_classes if conditional else None,
-                           title=(f"sampled in recurrent mode{' (column k: class k)' if conditional else ''}; "
-                                  f"test nll {out['test_nll']:.3f} nats/pixel"))
+            title = (f"sampled in recurrent mode{' (column k: class k)' if conditional else ''}; "
+                     f"test nll {out['test_nll']:.3f} nats/pixel")
+            viz.save_samples_figure(os.path.join(workdir, "figures", "samples.png"), generated,
+                                    test["x"][:n_samples], title, ncols=info.num_classes if conditional else None,
+                                    max_images=None)
         return out
 
     return Task(init=init, train_step=train_step, evaluate=evaluate)
-
-
-def samples_figure(path: str, generated, real, *, ncols=None, title: str = "") -> None:
-    """Generated images (left) beside real ones (right), both as grids with `ncols` columns."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5.5))
-    for ax, x, name in zip(axes, (generated, real), ("generated", "test")):
-        g = viz.image_grid(np.asarray(x), ncols=ncols)
-        ax.imshow(g[..., 0] if g.shape[-1] == 1 else g, cmap="gray" if g.shape[-1] == 1 else None,
-                  interpolation="nearest")
-        ax.set_title(name)
-        ax.axis("off")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _score(config, info, test, generated, labels) -> dict:
