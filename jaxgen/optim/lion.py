@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxgen import _checks
+
 __all__ = ["lion", "scale_by_lion", "ScaleByLionState"]
 
 
@@ -27,8 +29,9 @@ class ScaleByLionState(NamedTuple):
 
 
 def _check_beta(name: str, b) -> None:
-    if not isinstance(b, jax.Array) and not 0.0 <= float(b) <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {b}")
+    """b in [0, 1) (b2 = 1 would freeze the momentum, b1 = 1 ignore the gradient). Concrete values only:
+    a traced b (e.g. under optax.inject_hyperparams inside jit) is not checked."""
+    _checks.number(name, b, low=0, high=1, high_open=True)
 
 
 def scale_by_lion(b1: float = 0.9, b2: float = 0.99, mu_dtype: Any = None) -> optax.GradientTransformation:
@@ -40,7 +43,12 @@ def scale_by_lion(b1: float = 0.9, b2: float = 0.99, mu_dtype: Any = None) -> op
     _check_beta("b1", b1)
     _check_beta("b2", b2)
     if mu_dtype is not None:
-        mu_dtype = jnp.dtype(mu_dtype)
+        try:
+            mu_dtype = jnp.dtype(mu_dtype)
+        except TypeError:
+            raise ValueError(f"mu_dtype must be None or a floating dtype (e.g. jnp.bfloat16), got {mu_dtype!r}") from None
+        if not jnp.issubdtype(mu_dtype, jnp.floating):
+            raise ValueError(f"mu_dtype must be None or a floating dtype (e.g. jnp.bfloat16), got {mu_dtype!r}")
 
     def init_fn(params):
         return ScaleByLionState(mu=jax.tree.map(lambda p: jnp.zeros_like(p, dtype=mu_dtype or p.dtype), params))
@@ -70,18 +78,20 @@ def lion(learning_rate: float | optax.Schedule, b1: float = 0.9, b2: float = 0.9
     """Lion with decoupled weight decay: theta <- theta - lr (sign(b1 m + (1 - b1) g) + wd theta).
 
     Args:
-      learning_rate: a float or an optax schedule (step -> lr).
-      b1, b2: interpolation and momentum coefficients in [0, 1] (paper: 0.9, 0.99; 0.95, 0.98 for LMs).
+      learning_rate: a finite float > 0 or an optax schedule (step -> lr).
+      b1, b2: interpolation and momentum coefficients in [0, 1) (paper: 0.9, 0.99; 0.95, 0.98 for LMs); Python
+        numbers or concrete jax arrays are checked, traced ones (optax.inject_hyperparams under jit) are not.
       weight_decay: wd >= 0, multiplied by the learning rate (as optax.adamw). Default 0 (optax.lion: 1e-3).
       mu_dtype: dtype of the momentum buffer (e.g. jnp.bfloat16); None keeps the params' dtypes.
       mask: pytree of bools (or a callable params -> such a tree) selecting the params that get weight decay.
 
     Returns an optax.GradientTransformation; `update(grads, state, params)` needs params when wd > 0.
     """
-    if not callable(learning_rate) and float(learning_rate) < 0:
-        raise ValueError(f"learning_rate must be >= 0 or a schedule, got {learning_rate}")
-    if not callable(weight_decay) and float(weight_decay) < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if not callable(learning_rate):
+        _checks.number("learning_rate", learning_rate, low=0, low_open=True,
+                       accepted="a finite number > 0 or an optax schedule (step -> lr)")
+    if not callable(weight_decay):
+        _checks.number("weight_decay", weight_decay, low=0, accepted="a finite number >= 0 or a schedule")
     return optax.chain(
         scale_by_lion(b1=b1, b2=b2, mu_dtype=mu_dtype),
         optax.add_decayed_weights(weight_decay, mask),

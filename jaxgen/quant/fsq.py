@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen import _checks
+
 # Levels recommended by the paper for each target codebook size (Table 1 / REFERENCE.md).
 RECOMMENDED_LEVELS: dict[int, tuple[int, ...]] = {
     2**8: (8, 6, 5),
@@ -53,16 +55,19 @@ class FSQ:
     """
 
     def __init__(self, levels: Sequence[int], eps: float = 1e-3):
+        accepted = "a non-empty sequence of integers >= 2"
+        if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence) and not isinstance(levels, np.ndarray):
+            raise ValueError(f"levels must be {accepted}, got {levels!r}")
         levels = tuple(levels)
         if len(levels) == 0:
-            raise ValueError("levels must be a non-empty sequence of integers >= 2, got ()")
+            raise ValueError(f"levels must be {accepted}, got ()")
         for lv in levels:
-            if isinstance(lv, bool) or int(lv) != lv or lv < 2:
-                raise ValueError(f"levels must be integers >= 2, got {levels}")
+            integral = isinstance(lv, (int, np.integer)) or isinstance(lv, (float, np.floating)) and float(lv).is_integer()
+            if isinstance(lv, (bool, np.bool_)) or not integral or lv < 2:
+                raise ValueError(f"levels must be {accepted}, got {levels!r} (entry {lv!r})")
         if math.prod(levels) > 2**31 - 1:
-            raise ValueError(f"prod(levels) must be < 2**31 (int32 indices), got {math.prod(levels)}")
-        if not 0.0 <= eps < 1.0:
-            raise ValueError(f"eps must be in [0, 1), got {eps}")
+            raise ValueError(f"prod(levels) must be < 2**31 (int32 indices), got {math.prod(levels)} for levels {levels}")
+        eps = _checks.number("eps", eps, low=0, high=1, high_open=True)
         self.levels = tuple(int(lv) for lv in levels)
         self.eps = float(eps)
 
@@ -108,39 +113,68 @@ class FSQ:
         *_, half_width = self._consts()
         return (round_ste(self.bound(z)) / half_width).astype(z.dtype)
 
-    def codes_to_indices(self, codes: jax.Array) -> jax.Array:
+    def codes_to_indices(self, codes: jax.Array, *, validate: bool | None = None) -> jax.Array:
         """index = sum_i digit_i * basis_i, digit_i = codes_i * floor(L_i/2) + floor(L_i/2) in {0..L_i-1}.
 
         codes: (..., len(levels)) on the normalised grid (any float dtype) -> int32 indices (...).
+        Valid codes are the grid values {k / floor(L_i/2) : k = -floor(L_i/2), ..., ceil(L_i/2) - 1}, up to a
+        quarter of a grid step (what bf16 rounding leaves). A NaN or off-grid code raises ValueError when
+        `codes` is concrete. Under jit (traced codes) it is not checked by default: the digit is rounded to
+        the nearest integer (NaN gives an arbitrary index, a digit outside [0, L_i - 1] mixes into the
+        neighbouring dimensions); validate=True checks traced codes with checkify (see `jaxgen._checks`),
+        validate=False skips the check.
         """
-        codes = jnp.asarray(codes)
+        codes = jnp.asarray(codes) if not isinstance(codes, np.ndarray) else codes
         self._check_last_dim(codes, "codes")
+        levels = np.asarray(self.levels)
+        accepted = (f"on the FSQ grid k / floor(L/2), k in [-floor(L/2), ceil(L/2) - 1] per channel for levels "
+                    f"{self.levels} (finite, within a quarter step)")
+
+        def on_grid(xp, c):
+            d = c.astype(xp.float32) * (levels // 2) + levels // 2
+            r = xp.round(d)
+            return xp.isfinite(d) & (xp.abs(d - r) <= 0.25) & (r >= 0) & (r <= levels - 1)
+
+        _checks.values("codes", codes, on_grid, accepted, validate=validate)
         *_, half_width = self._consts()
         # Rounding makes this exact for codes that went through bf16 (k/3 is not representable).
-        digits = jnp.round(codes.astype(jnp.float32) * half_width + half_width).astype(jnp.int32)
+        digits = jnp.round(jnp.asarray(codes).astype(jnp.float32) * half_width + half_width).astype(jnp.int32)
         return jnp.sum(digits * jnp.asarray(self.basis, jnp.int32), axis=-1)
 
-    def indices_to_codes(self, indices: jax.Array) -> jax.Array:
+    def indices_to_codes(self, indices: jax.Array, *, validate: bool | None = None) -> jax.Array:
         """Inverse of codes_to_indices: digit_i = (index // basis_i) mod L_i, code_i = (digit_i - h_i) / h_i.
 
-        indices: integer array (...) -> float32 codes (..., len(levels)).
+        indices: integer array (...) in [0, codebook_size) -> float32 codes (..., len(levels)).
+        An index outside [0, codebook_size) raises ValueError when `indices` is concrete. Under jit (traced
+        indices) it is not checked by default and wraps: the result is the code of index mod codebook_size.
+        validate=True checks traced indices with checkify (see `jaxgen._checks`); validate=False skips it.
         """
-        indices = jnp.asarray(indices)
+        if isinstance(indices, (bool, np.bool_)):
+            raise ValueError(f"indices must be an integer array, got {indices!r}")
+        indices = indices if isinstance(indices, np.ndarray) else jnp.asarray(indices)
         if not jnp.issubdtype(indices.dtype, jnp.integer):
             raise ValueError(f"indices must be an integer array, got dtype {indices.dtype}")
+        size = self.codebook_size
+        _checks.values("indices", indices, lambda xp, i: (i >= 0) & (i < size),
+                       f"integers in [0, codebook_size = {size}) for levels {self.levels}", validate=validate)
         *_, half_width = self._consts()
-        idx = indices.astype(jnp.int32)[..., None]
+        idx = jnp.asarray(indices).astype(jnp.int32)[..., None]
         digits = (idx // jnp.asarray(self.basis, jnp.int32)) % jnp.asarray(self.levels, jnp.int32)
         return (digits.astype(jnp.float32) - half_width) / half_width
 
     def implicit_codebook(self) -> jax.Array:
         """All codebook_size codes, (codebook_size, len(levels)) float32, row k = indices_to_codes(k)."""
-        return self.indices_to_codes(jnp.arange(self.codebook_size, dtype=jnp.int32))
+        return self.indices_to_codes(jnp.arange(self.codebook_size, dtype=jnp.int32), validate=False)
 
-    def __call__(self, z: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(z_q, indices) = (quantize(z), codes_to_indices(quantize(z)))."""
+    def __call__(self, z: jax.Array, *, validate: bool | None = None) -> tuple[jax.Array, jax.Array]:
+        """(z_q, indices) = (quantize(z), codes_to_indices(quantize(z))).
+
+        A NaN z has no code: ValueError when z is concrete; under jit it is not checked unless validate=True
+        (checkify), and its index is arbitrary. (An infinite z saturates tanh: the outermost code.)
+        """
+        _checks.values("z", z, lambda xp, v: ~xp.isnan(v), "free of NaN", validate=validate)
         z_q = self.quantize(z)
-        return z_q, self.codes_to_indices(z_q)
+        return z_q, self.codes_to_indices(z_q, validate=False)
 
     def __repr__(self):
         return f"FSQ(levels={self.levels}, eps={self.eps})"

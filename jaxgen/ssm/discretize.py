@@ -11,6 +11,11 @@ Methods (generalised bilinear transform with parameter alpha, plus zero-order ho
 Backward Euler, bilinear and ZOH map a stable A (Re eig < 0) to |eig(Ab)| < 1 for every d > 0;
 forward Euler only for small enough d.
 
+Bad input: a step <= 0 or non-finite, non-finite A / B entries and shapes that do not fit raise
+ValueError naming the argument when the values are concrete (NumPy, Python numbers, jax Arrays outside
+jit). A traced step (inside jit, e.g. exp(log_step) in a layer) is not checked unless validate=True,
+which checks it with checkify (wrap the jitted function with `jax.experimental.checkify.checkify`).
+
 Array backend: if every input is a NumPy array or Python number the computation runs in NumPy /
 SciPy (float64 stays float64: host setup and experiments); if any input is a JAX array or tracer
 it runs in jax.numpy (jit-able, differentiable).
@@ -23,6 +28,8 @@ import scipy.linalg
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
+
+from jaxgen import _checks
 
 __all__ = ["METHODS", "discretize", "discretize_diag", "legs_step", "discretize_legs"]
 
@@ -39,25 +46,38 @@ def _alpha(method: str, alpha) -> float | None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "gbt":
-        if alpha is None or not (0.0 <= float(alpha) <= 1.0):
-            raise ValueError(f"alpha must be a number in [0, 1] for method 'gbt', got {alpha!r}")
-        return float(alpha)
+        return float(_checks.number("alpha", alpha, low=0, high=1, accepted="a number in [0, 1] for method 'gbt'"))
     if alpha is not None:
         raise ValueError(f"alpha is only accepted with method 'gbt', got alpha={alpha!r} with {method!r}")
     return _ALPHA.get(method)
 
 
-def discretize_diag(Lambda, B, step, method: str = "zoh", *, alpha=None):
+def _check_inputs(step, validate, **arrays) -> None:
+    """step > 0 and finite; the named arrays finite (concrete values; traced ones only with validate=True)."""
+    _checks.values("step", step, lambda xp, d: xp.isfinite(d) & (d > 0), "a finite number > 0 (every entry)",
+                   validate=validate)
+    for name, x in arrays.items():
+        _checks.values(name, x, _checks.finite, "finite (no NaN or inf entries)", validate=validate)
+
+
+def discretize_diag(Lambda, B, step, method: str = "zoh", *, alpha=None, validate: bool | None = None):
     """Diagonal fast path: elementwise formulas for A = diag(Lambda), broadcasting over leading axes.
 
     gbt:  Ab = (1 + (1 - alpha) d lam) / (1 - alpha d lam),   Bb = d B / (1 - alpha d lam)
     zoh:  Ab = exp(d lam),   Bb = B (exp(d lam) - 1) / lam   (-> d B as lam -> 0)
-    Lambda, B and step broadcast together (e.g. Lambda (H, N), step (H, 1)).
+    Lambda, B and step broadcast together (e.g. Lambda (H, N), step (H, 1)); step > 0 (see the module
+    docstring for the checks and `validate`).
     """
     a = _alpha(method, alpha)
+    _check_inputs(step, validate, Lambda=Lambda, B=B)
     xp = jnp if _use_jax(Lambda, B, step) else np
     lam = xp.asarray(Lambda)
     B = xp.asarray(B)
+    try:
+        np.broadcast_shapes(lam.shape, B.shape, np.shape(step))
+    except ValueError:
+        raise ValueError(f"Lambda, B and step must broadcast together, got shapes Lambda {lam.shape}, "
+                         f"B {B.shape}, step {np.shape(step)}") from None
     dlam = step * lam
     if a is None:
         Ab = xp.exp(dlam)
@@ -69,7 +89,7 @@ def discretize_diag(Lambda, B, step, method: str = "zoh", *, alpha=None):
     return (1.0 + (1.0 - a) * dlam) / den, step * B / den
 
 
-def discretize(A, B, step, method: str = "bilinear", *, alpha=None):
+def discretize(A, B, step, method: str = "bilinear", *, alpha=None, validate: bool | None = None):
     """Discretise (A, B) with step `step` (scalar). Returns (Ab, Bb).
 
     A: (N, N) dense, or (N,) = the eigenvalues of a diagonal A (then see `discretize_diag`).
@@ -77,17 +97,20 @@ def discretize(A, B, step, method: str = "bilinear", *, alpha=None):
     method: 'forward_euler' | 'backward_euler' | 'bilinear' | 'zoh' | 'gbt' (needs alpha in [0, 1]).
     Formulas in the module docstring. ZOH uses the augmented exponential
     expm(d [[A, B], [0, 0]]) = [[exp(dA), ∫_0^d exp(sA) ds B], [0, I]], so A need not be invertible.
+    step > 0 and finite (a negative step runs the system backwards: unstable Ab); see the module docstring.
     """
     a = _alpha(method, alpha)
+    _check_inputs(step, validate, A=A, B=B)
     use_jax = _use_jax(A, B, step)
     xp = jnp if use_jax else np
     A = xp.asarray(A)
     B = xp.asarray(B)
     if A.ndim == 1:
-        if B.shape[0] != A.shape[0]:
-            raise ValueError(f"B must have leading dimension N={A.shape[0]}, got shape {B.shape}")
+        if B.ndim not in (1, 2) or B.shape[0] != A.shape[0]:
+            raise ValueError(f"B must be (N,) or (N, M) with N={A.shape[0]} (the length of the diagonal A), "
+                             f"got shape {B.shape}")
         lam = A[:, None] if B.ndim == 2 else A
-        Ab, Bb = discretize_diag(lam, B, step, method, alpha=alpha)
+        Ab, Bb = discretize_diag(lam, B, step, method, alpha=alpha, validate=False)
         return (Ab[:, 0] if B.ndim == 2 else Ab), Bb
     if A.ndim != 2 or A.shape[0] != A.shape[1]:
         raise ValueError(f"A must be (N, N) or (N,), got shape {A.shape}")
@@ -126,8 +149,7 @@ def legs_step(A, B, k: int, method: str = "bilinear", *, alpha=None):
     (= e_0 for LegS: a constant input is represented exactly from the first sample on).
     NumPy float64 (host).
     """
-    if int(k) != k or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    k = _checks.number("k", k, integer=True, low=1)
     A = np.asarray(A, np.float64)
     B = np.asarray(B, np.float64)
     if method == "zoh":
@@ -140,7 +162,6 @@ def legs_step(A, B, k: int, method: str = "bilinear", *, alpha=None):
 
 def discretize_legs(A, B, L: int, method: str = "bilinear", *, alpha=None):
     """Stacked LegS step matrices for k = 1..L: (Ab (L, N, N), Bb (L, N)). See `legs_step`."""
-    if int(L) != L or L < 1:
-        raise ValueError(f"L must be an integer >= 1, got {L!r}")
-    mats = [legs_step(A, B, k, method, alpha=alpha) for k in range(1, int(L) + 1)]
+    L = _checks.number("L", L, integer=True, low=1)
+    mats = [legs_step(A, B, k, method, alpha=alpha) for k in range(1, L + 1)]
     return np.stack([m[0] for m in mats]), np.stack([m[1] for m in mats])

@@ -27,6 +27,8 @@ import numpy as np
 from numpy.polynomial import laguerre as _lag
 from numpy.polynomial import legendre as _leg
 
+from jaxgen import _checks
+
 __all__ = [
     "legs",
     "legt",
@@ -54,10 +56,7 @@ def _check_N(N) -> int:
 
 
 def _check_theta(theta) -> float:
-    theta = float(theta)
-    if not np.isfinite(theta) or theta <= 0:
-        raise ValueError(f"theta must be a finite number > 0, got {theta!r}")
-    return theta
+    return float(_checks.number("theta", theta, low=0, low_open=True))
 
 
 def legs(N: int) -> tuple[np.ndarray, np.ndarray]:
@@ -126,9 +125,16 @@ def fout(N: int, theta: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
 def transition(measure: str, N: int, **kwargs) -> tuple[np.ndarray, np.ndarray]:
     """(A, B) for measure in {'legs', 'legt', 'lagt', 'fout'}; kwargs (theta) go to the builder."""
     builders = {"legs": legs, "legt": legt, "lagt": lagt, "fout": fout}
-    if measure not in builders:
-        raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
+    _checks.one_of("measure", measure, MEASURES)
+    _check_kwargs(measure, kwargs)
     return builders[measure](N, **kwargs)
+
+
+def _check_kwargs(measure: str, kwargs: dict) -> None:
+    allowed = ("theta",) if measure in ("legt", "fout") else ()
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"measure {measure!r} accepts the keyword arguments {allowed}, got {unknown}")
 
 
 def rank_correction(measure: str, N: int, **kwargs) -> np.ndarray:
@@ -139,6 +145,8 @@ def rank_correction(measure: str, N: int, **kwargs) -> np.ndarray:
     lagt: P = sqrt(½) ones (r = 1).   fout: P = b / sqrt(theta) (r = 1).
     """
     N = _check_N(N)
+    _checks.one_of("measure", measure, MEASURES)
+    _check_kwargs(measure, kwargs)
     n = np.arange(N)
     if measure == "legs":
         return np.sqrt(n + 0.5)[None, :]
@@ -244,6 +252,7 @@ def basis(measure: str, N: int, x: np.ndarray) -> np.ndarray:
     lagt: L_n(x) e^{-x/2}, x = t - s >= 0 (the lag). fout: f_n(x), x ∈ [0, 1] as for legt.
     """
     N = _check_N(N)
+    _checks.one_of("measure", measure, MEASURES)
     x = np.asarray(x, np.float64)
     eye = np.eye(N)
     if measure in ("legs", "legt"):
