@@ -37,20 +37,42 @@ def _unknown_key(config, dotted: str) -> ConfigError:
     return ConfigError(f"unknown config key 'config.{dotted}'{hint}")
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Load `path/to/config.py[:arg]` and return its locked ConfigDict."""
+    """Load `path/to/config.py[:arg]` and return its locked ConfigDict.
+
+    A file that fails to import (syntax error, import error, any exception at import), a `get_config`
+    that raises, or one that returns something other than a ConfigDict is a `ConfigError` (one line).
+    """
     path, _, arg = spec.partition(":")
+    if not path:
+        raise ConfigError(f"--config must name a config file, e.g. configs/quickstart.py[:variant], got {spec!r}")
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: '{path}' (expected a path like configs/quickstart.py[:variant])")
     module_spec = importlib.util.spec_from_file_location(f"jaxgen_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"config file '{path}' has a syntax error at line {e.lineno}: {e.msg}") from None
+    except Exception as e:  # noqa: BLE001 - the user's file: one line, not a traceback
+        raise ConfigError(f"config file '{path}' failed to import: {type(e).__name__}: {_first_line(e)}") from None
+    if not callable(getattr(module, "get_config", None)):
         raise ConfigError(f"config file '{path}' defines no get_config(arg=None)")
+    call = f"get_config({arg!r})" if arg else "get_config()"
     try:
         config = module.get_config(arg) if arg else module.get_config()
     except ValueError as e:  # an unknown variant
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"{path}: {_first_line(e)}") from None
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"{path}: {call} raised {type(e).__name__}: {_first_line(e)}") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"{path}: {call} returned {type(config).__name__}, expected an "
+                          f"ml_collections.ConfigDict (a missing 'return'?)")
     config.lock()
     return config
 
@@ -80,8 +102,11 @@ def _parse_value(raw: str, current: Any, dotted: str) -> Any:
         return raw
     try:  # tuples, lists, None-valued fields
         value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
+    except (ValueError, SyntaxError) as e:
+        if isinstance(current, (tuple, list)) or any(c in raw for c in "()[]{},"):
+            reason = getattr(e, "msg", None) or _first_line(e)
+            raise ConfigError(f"config.{dotted} must be a Python literal such as (1, 2), got {raw!r} ({reason})") from None
+        value = raw  # a bare word: a string
     if isinstance(current, (tuple, list)):
         if not isinstance(value, (tuple, list)):
             value = (value,)
@@ -121,11 +146,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(t.log_every > 0, f"config.train.log_every must be > 0, got {t.log_every!r}")
     _require(t.checkpoint_every > 0, f"config.train.checkpoint_every must be > 0, got {t.checkpoint_every!r}")
     _require(t.keep_checkpoints >= 1, f"config.train.keep_checkpoints must be >= 1, got {t.keep_checkpoints!r}")
-    o = config.optimizer
-    _require(o.learning_rate > 0, f"config.optimizer.learning_rate must be > 0, got {o.learning_rate!r}")
-    _require(o.warmup_steps >= 0, f"config.optimizer.warmup_steps must be >= 0, got {o.warmup_steps!r}")
-    _require(o.weight_decay >= 0, f"config.optimizer.weight_decay must be >= 0, got {o.weight_decay!r}")
-    _require(o.grad_clip is None or o.grad_clip > 0, f"config.optimizer.grad_clip must be > 0 or None, got {o.grad_clip!r}")
+    _require(isinstance(t.get("resume_changed", False), bool),
+             f"config.train.resume_changed must be true or false, got {t.get('resume_changed')!r}")
+    from jaxgen.optim.factory import check_optimizer_config
+
+    try:
+        check_optimizer_config(config.optimizer)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     _require(0.0 <= config.ema_decay < 1.0, f"config.ema_decay must be in [0, 1), got {config.ema_decay!r}")
     m = config.mesh
     _require(m.data == -1 or m.data >= 1, f"config.mesh.data must be >= 1 or -1 (all remaining devices), got {m.data!r}")
@@ -148,6 +176,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         num_steps=1000, batch_size=128, log_every=100, checkpoint_every=1000, keep_checkpoints=3,
         eval_every=0,  # 0: evaluate once at the end
+        # Resuming a workdir whose config.json differs outside jaxgen.train.workdir.RESUME_ALLOWED stops
+        # with exit 2; True accepts the change on purpose (the differences are logged).
+        resume_changed=False,
     ))
     c.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=1e-3, schedule="constant", warmup_steps=0, weight_decay=0.0,

@@ -1,8 +1,6 @@
-"""Config loading, overrides and the CLI's error contract (exit 2, one line, nothing written)."""
+"""Config loading and overrides as a library (the CLI's error contract is tests/test_cli.py)."""
 
 import os
-import subprocess
-import sys
 
 import ml_collections
 import pytest
@@ -39,7 +37,7 @@ def test_typo_names_nearest_key():
     ("train.batch_size", "-4", "batch_size must be a positive integer"),
     ("train.num_steps", "abc", "must be an integer"),
     ("ema_decay", "1.5", r"ema_decay must be in \[0, 1\)"),
-    ("optimizer.learning_rate", "0", "learning_rate must be > 0"),
+    ("optimizer.learning_rate", "0", "learning_rate must be a finite number > 0"),
 ])
 def test_invalid_values(key, value, match):
     c = _quickstart()
@@ -62,30 +60,3 @@ def test_every_config_loads_and_validates():
                 c = config_lib.load_config(os.path.join(ROOT, "configs", spec))
                 assert isinstance(c, ml_collections.ConfigDict)
                 config_lib.validate(c)
-
-
-def _cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "jaxgen.run", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
-
-
-@pytest.mark.parametrize("args,message", [
-    (["--config", "configs/quickstart.py", "--config.train.batch_sise=4"], "did you mean 'config.train.batch_size'"),
-    (["--config", "configs/quickstart.py", "--config.train.batch_size=-1"], "batch_size must be a positive integer"),
-    (["--config", "configs/missing.py"], "config file not found"),
-    (["--config", "configs/quickstart.py", "--config.model.name=resnet"], "config.model.name must be one of"),
-])
-def test_cli_errors_exit_2_without_touching_workdir(tmp_path, args, message):
-    workdir = tmp_path / "run"
-    r = _cli(*args, "--workdir", str(workdir))
-    assert r.returncode == 2, r.stderr
-    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
-    assert len(lines) == 1 and message in lines[0], r.stderr
-    assert "Traceback" not in r.stderr
-    assert not workdir.exists()
-
-
-def test_cli_dry_run_prints_resolved_config(tmp_path):
-    r = _cli("--config", "configs/quickstart.py:smoke", "--config.train.num_steps=11", "--dry_run")
-    assert r.returncode == 0, r.stderr
-    assert "num_steps: 11" in r.stdout

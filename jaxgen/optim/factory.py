@@ -8,6 +8,7 @@ example, give A, B and the step size `lr_mult=0.1, wd_mult=0` (REFERENCE.md).
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Callable
 
@@ -54,6 +55,47 @@ def _base(name: str, lr, weight_decay: float, opt_config) -> optax.GradientTrans
     raise ValueError(f"config.optimizer.name must be one of {OPTIMIZERS}, got '{name}'")
 
 
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_optimizer_config(opt_config) -> None:
+    """Raise ValueError naming the key, its value and what is accepted for a bad `config.optimizer`.
+
+    Checked: name, schedule, learning_rate > 0, warmup_steps >= 0, weight_decay >= 0, grad_clip > 0 or None,
+    b1 and b2 in [0, 1) or None, and param_groups as a tuple of (regex, lr_mult >= 0, wd_mult >= 0).
+    """
+    o = opt_config
+    if o.name not in OPTIMIZERS:
+        raise ValueError(f"config.optimizer.name must be one of {OPTIMIZERS}, got {o.name!r}")
+    if o.schedule not in SCHEDULES:
+        raise ValueError(f"config.optimizer.schedule must be one of {SCHEDULES}, got {o.schedule!r}")
+    if not (_is_number(o.learning_rate) and o.learning_rate > 0):
+        raise ValueError(f"config.optimizer.learning_rate must be a finite number > 0, got {o.learning_rate!r}")
+    if not (isinstance(o.warmup_steps, int) and o.warmup_steps >= 0):
+        raise ValueError(f"config.optimizer.warmup_steps must be an integer >= 0, got {o.warmup_steps!r}")
+    if not (_is_number(o.weight_decay) and o.weight_decay >= 0):
+        raise ValueError(f"config.optimizer.weight_decay must be a finite number >= 0, got {o.weight_decay!r}")
+    if o.grad_clip is not None and not (_is_number(o.grad_clip) and o.grad_clip > 0):
+        raise ValueError(f"config.optimizer.grad_clip must be a number > 0 or None, got {o.grad_clip!r}")
+    for key in ("b1", "b2"):
+        b = o[key]
+        if b is not None and not (_is_number(b) and 0.0 <= b < 1.0):
+            raise ValueError(f"config.optimizer.{key} must be in [0, 1) or None (the paper default), got {b!r}")
+    groups = o.param_groups
+    if not isinstance(groups, (tuple, list)):
+        raise ValueError(f"config.optimizer.param_groups must be a tuple of (regex, lr_mult, wd_mult), got {groups!r}")
+    for g in groups:
+        if not (isinstance(g, (tuple, list)) and len(g) == 3 and isinstance(g[0], str)
+                and _is_number(g[1]) and _is_number(g[2]) and g[1] >= 0 and g[2] >= 0):
+            raise ValueError(f"config.optimizer.param_groups entries must be (regex, lr_mult >= 0, wd_mult >= 0), "
+                             f"got {g!r}")
+        try:
+            re.compile(g[0])
+        except re.error as e:
+            raise ValueError(f"config.optimizer.param_groups regex {g[0]!r} is invalid: {e}") from None
+
+
 def param_path(path) -> str:
     """'/'-joined names of a pytree key path, e.g. 'blocks/0/ssm/log_step'."""
     parts = []
@@ -87,13 +129,9 @@ def make_optimizer(opt_config, num_steps: int) -> tuple[Callable[[Any], optax.Gr
     `build` needs the parameter tree because parameter groups label leaves by path.
     Order: clip by global norm (all parameters together), then the per-group optimizers.
     """
-    if opt_config.name not in OPTIMIZERS:
-        raise ValueError(f"config.optimizer.name must be one of {OPTIMIZERS}, got '{opt_config.name}'")
+    check_optimizer_config(opt_config)
     schedule = make_schedule(opt_config, num_steps)
     groups = tuple(tuple(g) for g in opt_config.param_groups)
-    for g in groups:
-        if len(g) != 3:
-            raise ValueError(f"config.optimizer.param_groups entries must be (regex, lr_mult, wd_mult), got {g!r}")
 
     def scaled(mult):
         return schedule if mult == 1.0 else (lambda step: mult * schedule(step))

@@ -163,13 +163,19 @@ def make_model(model_config, info, rngs: nnx.Rngs) -> nnx.Module:
 
         if len(info.shape) != 3:
             raise ConfigError(f"config.model.name='unet' needs image data (H, W, C); '{info.name}' has shape {info.shape}")
-        return UNet(in_channels=info.shape[-1], image_size=info.shape[0], rngs=rngs, **kwargs)
+        try:
+            return UNet(in_channels=info.shape[-1], image_size=info.shape[0], rngs=rngs, **kwargs)
+        except (ValueError, TypeError) as e:  # the network's own argument checks name the key
+            raise ConfigError(f"config.model: {e}") from None
     if model_config.name == "mlp":
         from jaxgen.nets.mlp import MLPDenoiser
 
         if len(info.shape) != 1:
             raise ConfigError(f"config.model.name='mlp' needs vector data (D,); '{info.name}' has shape {info.shape}")
-        return MLPDenoiser(dim=info.shape[0], rngs=rngs, **kwargs)
+        try:
+            return MLPDenoiser(dim=info.shape[0], rngs=rngs, **kwargs)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"config.model: {e}") from None
     raise ConfigError(f"config.model.name must be one of {MODELS}, got '{model_config.name}'")
 
 

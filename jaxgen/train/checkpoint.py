@@ -13,6 +13,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from jaxgen import paths
+
 
 class Checkpointer:
     def __init__(self, directory: str, keep: int | None):
@@ -49,3 +51,48 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _missing_files(step_dir: str) -> list[str]:
+    """Files a complete checkpoint of this loop has and `step_dir` lacks: orbax's metadata of the state and
+    the data iterator's position (one `process_*` file per process)."""
+    missing = [name for name in ("_CHECKPOINT_METADATA", "state/_METADATA")
+               if not paths.exists(paths.join(step_dir, name))]
+    if not any(n.startswith("process_") for n in paths.listdir(paths.join(step_dir, "data"))):
+        missing.append("data/process_*.json")
+    return missing
+
+
+def find_intact(directory: str) -> tuple[int | None, list[tuple[int, list[str]]]]:
+    """(newest step whose checkpoint is complete or None, [(newer damaged step, its missing files)]).
+
+    Only step directories newer than the intact one are examined; read only.
+    """
+    steps = sorted((int(n) for n in paths.listdir(directory) if n.isdigit()), reverse=True)
+    damaged = []
+    for step in steps:
+        missing = _missing_files(paths.join(directory, str(step)))
+        if not missing:
+            return step, damaged
+        damaged.append((step, missing))
+    return None, damaged
+
+
+def set_aside(directory: str, step: int, dest: str) -> str:
+    """Move the damaged checkpoint `directory/step` to `dest/step` (kept for inspection, out of orbax's
+    view, so the step can be written again); returns the new location."""
+    import os
+
+    src, dst = paths.join(directory, str(step)), paths.join(dest, str(step))
+    n = 1
+    while paths.exists(dst):
+        dst, n = paths.join(dest, f"{step}.{n}"), n + 1
+    if not paths.is_remote(src):
+        paths.makedirs(dest)
+        os.replace(src, dst)
+        return dst
+    for f in paths.path(src).rglob("*"):  # object stores: move object by object
+        if not f.is_dir():
+            rel = os.fspath(f)[len(src):].lstrip("/")
+            paths.replace(os.fspath(f), paths.join(dst, rel))
+    return dst

@@ -24,6 +24,7 @@ from jaxgen.config import ConfigError
 from jaxgen.train import mesh as mesh_lib
 from jaxgen.train.checkpoint import Checkpointer
 from jaxgen.train.logging import MetricWriter, format_metrics
+from jaxgen.train import workdir as workdir_lib
 
 
 class NonFiniteError(RuntimeError):
@@ -132,7 +133,19 @@ def sharded_train_step(task, state_sharding, batch_sharding, train_key):
 
 
 def train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
-    """Train `config.task` in `workdir` (resuming if it holds checkpoints); returns the final eval metrics."""
+    """Train `config.task` in `workdir` (resuming if it holds checkpoints); returns the final eval metrics.
+
+    One run per workdir: process 0 holds the workdir's lock (jaxgen.train.workdir) for the whole run. A
+    resume is validated (config unchanged outside an allow-list, newest intact checkpoint) before the
+    workdir changes. `train.num_steps` at or below the latest checkpoint trains nothing: that checkpoint is
+    evaluated and labelled with its own step (final_metrics.json always describes the newest checkpoint).
+    """
+    maybe_initialize_distributed(config.distributed)
+    with workdir_lib.WorkdirLock(workdir, primary=jax.process_index() == 0):
+        return _train_and_evaluate(config, workdir, task)
+
+
+def _train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
     maybe_initialize_distributed(config.distributed)
     task = task if task is not None else tasks_lib.build(config)
 
@@ -155,12 +168,14 @@ def train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
                                                 seed=config.seed)
     except ValueError as e:  # unknown dataset, tfds data not prepared, batch not divisible by processes
         raise ConfigError(str(e)) from None
+    resume_step = workdir_lib.prepare_resume(config, workdir, primary=jax.process_index() == 0)
     os.makedirs(workdir, exist_ok=True)
     _write_config(config, workdir)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints)
     writer = MetricWriter(workdir)
 
     start = ckpt.latest_step
+    assert start == resume_step, (start, resume_step)
     if start is not None:
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
         state = ckpt.restore(start, target, iterator)
@@ -173,6 +188,10 @@ def train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
 
     cfg = config.train
     num_steps = cfg.num_steps
+    if start > num_steps:  # evaluate the checkpoint as it is, under its own step
+        workdir_lib.warn(f"config.train.num_steps={num_steps} is below the latest checkpoint (step {start}) of "
+                         f"{workdir}: nothing to train; evaluating step {start}")
+        num_steps = start
     progress = _Progress(start, num_steps)
     pending: list[tuple[int, Any]] = []  # (step, device metrics) not yet read back
     last_saved = start if start else None
