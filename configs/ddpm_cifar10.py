@@ -26,7 +26,10 @@ only sample and evaluate). Published CIFAR-10 FIDs for this model family (REFERE
     npr, sn         NPR-/SN-DDPM heads, 25 steps        below Analytic-DDPM (Bao et al. 2022b; no number recorded)
     amed            AMED, 5 NFE                         6.61 (Zhou et al., on EDM's model, not this one)
     pc, euler, heun, dpm2                               no published number for this model recorded
-Variant `:smoke` runs a 2-step miniature on mock-sized data (used by the tests).
+Variant `:smoke` runs a 2-step miniature on tfds mock data (`data.mock=True`: no data needed; used by the tests).
+
+Target slice: v5e-8 (8 chips, one host). Check that it compiles and fits without a TPU:
+    python -m jaxgen.aot --config configs/ddpm_cifar10.py --topology v5e-8
 """
 
 import ml_collections
@@ -60,6 +63,7 @@ def _config(smoke: bool) -> ml_collections.ConfigDict:
     c.ema_decay = 0.9999
     c.eval = eval_config(num_samples=10_000, variance="beta", clip_x0=1.0, pixel_width=2 / 255)
     if smoke:
+        c.data.mock = True  # tfds mock data: runs before CIFAR-10 is prepared
         c.train.num_steps = 2
         c.train.batch_size = 8
         c.train.log_every = 1

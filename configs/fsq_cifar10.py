@@ -19,6 +19,9 @@ a measured number: FSQ's held-out `eval/usage` near 100 % (10k test images give 
 ~150 per code) while plain VQ's usage falls below it (the paper, MaskGIT on ImageNet-256: FSQ 100 %,
 VQ 81 %; restarts, on by default here, narrow the gap); `eval/recon_mse` of a few 1e-2 (pixels in [-1, 1]): blurry but faithful
 reconstructions in figures/reconstructions.png, as expected from 8x8 codes of ~12 bits for 32x32x3 pixels.
+
+Target slice: v5e-8 (8 chips, one host). Check that it compiles and fits without a TPU:
+    python -m jaxgen.aot --config configs/fsq_cifar10.py --topology v5e-8
 """
 
 import ml_collections
@@ -55,6 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if smoke:
         smoke_train(c)
         c.data.max_examples = 64
+        c.data.mock = True  # tfds mock data: runs before CIFAR-10 is prepared
         c.model.channels = (4, 8, 8)
         c.model.num_res_blocks = 1
         c.quantizer.levels = (5, 3, 3)

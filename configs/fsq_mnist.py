@@ -17,6 +17,9 @@ about 10-15 minutes. Not run on the CPU machine this repo is tested on, so the f
 method predicts rather than a measured number: held-out `eval/usage` close to 100 % for FSQ (the 10k test
 images give 490k code positions, ~490 per code), lower for plain VQ without restarts; `eval/recon_mse`
 (pixels in [-1, 1]) of order 1e-2 with sharp digits in figures/reconstructions.png.
+
+Target slice: v5e-8 (8 chips, one host). Check that it compiles and fits without a TPU:
+    python -m jaxgen.aot --config configs/fsq_mnist.py --topology v5e-8
 """
 
 import ml_collections
@@ -52,6 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if smoke:
         smoke_train(c)
         c.data.max_examples = 64
+        c.data.mock = True  # tfds mock data: runs before MNIST is prepared
         c.model.channels = (4, 8, 8)
         c.quantizer.levels = (5, 3, 3)
         c.quantizer.num_codes = 32

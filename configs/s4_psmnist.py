@@ -17,6 +17,9 @@ so expect the same range (~98 %), not the last digit.
 
 Variants, comma-separated in any order: one SSM (`s4d` default, `s4`, `lru`) and `smoke` (tests: a
 few steps on tfds mock data), e.g. `:lru,smoke`.
+
+Target slice: v5e-8 (8 chips, one host). Check that it compiles and fits without a TPU:
+    python -m jaxgen.aot --config configs/s4_psmnist.py --topology v5e-8
 """
 
 import importlib.util

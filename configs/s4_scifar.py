@@ -22,6 +22,9 @@ rather than the last digit.
 
 Variants, comma-separated in any order: one SSM (`s4d` default, `s4`, `lru`) and `smoke` (tests: a few
 steps of a tiny network on tfds mock data), e.g. `:lru,smoke`.
+
+Target slice: v5e-8 (8 chips, one host). Check that it compiles and fits without a TPU:
+    python -m jaxgen.aot --config configs/s4_scifar.py --topology v5e-8
 """
 
 import ml_collections
@@ -60,6 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         smoke_train(c)
         c.optimizer.warmup_steps = 2
         c.data.max_examples = 64
+        c.data.mock = True  # tfds mock data: runs before CIFAR-10 is prepared
         c.model.d_model = 8
         c.model.n_layers = 1
         c.model.N = 4

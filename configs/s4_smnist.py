@@ -18,6 +18,9 @@ range (>= 99 %), not the last digit.
 
 Variants, comma-separated in any order: one SSM (`s4d` default, `s4`, `lru`) and `smoke` (a few steps
 of a tiny network on 64 examples; the tests run it on tfds mock data), e.g. `:s4,smoke`.
+
+Target slice: v5e-8 (8 chips, one host). Check that it compiles and fits without a TPU:
+    python -m jaxgen.aot --config configs/s4_smnist.py --topology v5e-8
 """
 
 import ml_collections
@@ -54,6 +57,7 @@ def sequential_image_config(dataset: str, arg: str | None, *, permute: bool = Fa
         smoke_train(c)
         c.optimizer.warmup_steps = 2
         c.data.max_examples = 64
+        c.data.mock = True  # tfds mock data: runs before the data set is prepared
         c.model.d_model = 8
         c.model.n_layers = 1
         c.model.N = 4

@@ -29,6 +29,7 @@ from jaxgen.data import toy as toy_lib
 
 KNOWN_TFDS = ("mnist", "fashion_mnist", "cifar10", "celeb_a")
 ACCEPTED_NAMES = ("digits",) + toy_lib.TOY_NAMES + KNOWN_TFDS
+MOCK_EXAMPLES = 256  # examples per split with data.mock=True
 _ACCEPTED_TEXT = f"{', '.join(ACCEPTED_NAMES)}, or any other tfds data set with an 'image' feature"
 
 
@@ -73,7 +74,10 @@ def default_data_config(name: str = "digits") -> ml_collections.ConfigDict:
     image_size / center_crop (tfds images: crop the central center_crop x center_crop square,
     or the largest central square when only image_size is set, then resize to image_size;
     celeb_a: crop 140, resize 64, the usual CelebA-64 recipe); num_threads / prefetch_buffer_size
-    (grain read options, None: 0 / 1 for in-memory sets, 8 / 16 for tfds).
+    (grain read options, None: 0 / 1 for in-memory sets, 8 / 16 for tfds); mock (tfds sets only:
+    random examples of the data set's own shapes and label range from ``tfds.testing.mock_data``,
+    MOCK_EXAMPLES per split or data.max_examples if smaller, no files read; for smoke runs and
+    compile checks before the data is prepared).
     """
     _check_name(name)
     return ml_collections.ConfigDict(dict(
@@ -88,6 +92,7 @@ def default_data_config(name: str = "digits") -> ml_collections.ConfigDict:
         center_crop=140 if name == "celeb_a" else None,
         num_threads=None,
         prefetch_buffer_size=None,
+        mock=False,
     ))
 
 
@@ -122,6 +127,10 @@ def _resolve(data_config: Mapping[str, Any]) -> ml_collections.ConfigDict:
     for key in ("num_threads", "prefetch_buffer_size"):
         if cfg[key] is not None and (not _is_int(cfg[key]) or cfg[key] < 0):
             raise ValueError(f"data.{key} must be None or an integer >= 0, got {cfg[key]!r}")
+    if not isinstance(cfg.mock, bool):
+        raise ValueError(f"data.mock must be true or false, got {cfg.mock!r}")
+    if cfg.mock and kind != "tfds":
+        raise ValueError(f"data.mock applies to tfds data sets; {cfg.name!r} is bundled (set it to false)")
     if cfg.data_dir is not None and not isinstance(cfg.data_dir, str):
         raise ValueError(f"data.data_dir must be None or a path, got {cfg.data_dir!r}")
     if kind != "tfds" and (cfg.image_size is not None or cfg.center_crop is not None):
@@ -151,8 +160,17 @@ def _open_split(cfg: ml_collections.ConfigDict, split: str):
         return _ArraySplit(toy_lib.toy_split(cfg.name, split, cfg.num_examples))
     from jaxgen.data import tfds_source
 
-    return tfds_source.TfdsSplit(cfg.name, split, data_dir=cfg.data_dir, image_size=cfg.image_size,
-                                 center_crop=cfg.center_crop)
+    def open_tfds():
+        return tfds_source.TfdsSplit(cfg.name, split, data_dir=cfg.data_dir, image_size=cfg.image_size,
+                                     center_crop=cfg.center_crop)
+
+    if not cfg.mock:
+        return open_tfds()
+    import tensorflow_datasets as tfds
+
+    # The mocked source keeps generating its records after the context exits; train and test are the same.
+    with tfds.testing.mock_data(num_examples=min(MOCK_EXAMPLES, cfg.max_examples or MOCK_EXAMPLES)):
+        return open_tfds()
 
 
 def _capped_len(split_obj, max_examples: int | None) -> int:

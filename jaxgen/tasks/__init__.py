@@ -16,11 +16,15 @@ import jax
 @dataclasses.dataclass(frozen=True)
 class Task:
     """init(key) -> state; train_step(state, batch, key) -> (state, metrics);
-    evaluate(state, key, workdir) -> metrics (and figures under workdir/figures)."""
+    evaluate(state, key, workdir) -> metrics (and figures under workdir/figures);
+    eval_step(state) -> (jitted_fn, args, description): the jitted function `evaluate` spends its time in
+    (the sampler, or one batch of the forward pass) with its arguments for `state`, as ShapeDtypeStructs
+    when `state` is abstract (host inputs without a sharding); for compile checks (jaxgen.aot)."""
 
     init: Callable[[jax.Array], Any]
     train_step: Callable[[Any, dict, jax.Array], tuple[Any, dict]]
     evaluate: Callable[[Any, jax.Array, str], dict]
+    eval_step: Callable[[Any], tuple[Callable, tuple, str]] | None = None
 
 
 def available() -> list[str]:

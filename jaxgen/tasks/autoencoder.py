@@ -184,7 +184,13 @@ def build(config) -> Task:
                                          f"perplexity {stats['perplexity']:.1f} (held-out)")
         return metrics
 
-    return Task(init=init, train_step=train_step, evaluate=evaluate)
+    def eval_step(state):
+        """One batch of evaluate()'s forward pass."""
+        params = state.ema_params if state.ema_params is not None else state.params
+        x = jax.ShapeDtypeStruct((config.eval.batch_size,) + tuple(info.shape), jnp.float32)
+        return forward, (params, state.extra, x), f"forward pass, batch {config.eval.batch_size}"
+
+    return Task(init=init, train_step=train_step, evaluate=evaluate, eval_step=eval_step)
 
 
 def _pyplot():

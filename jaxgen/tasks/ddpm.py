@@ -324,7 +324,24 @@ def build(config) -> Task:
         print(f"sampled with {tag}: figures/samples_{tag}.png", flush=True)
         return out
 
-    return Task(init=init, train_step=train_step, evaluate=evaluate)
+    def eval_step(state):
+        """The sampler evaluate() runs, with its learned inputs at their shapes (Gamma = 0 for Analytic-DPM)."""
+        params = state.ema_params if state.ema_params is not None else state.params
+        static, aux = {}, {}
+        if ev.sampler in ("ddpm", "ddim") and ev.variance == "analytic":
+            ts = diffusion.skip_timesteps(schedule.num_steps, K, ev.skip)
+            static = dict(variances=diffusion.analytic_variance(schedule, ts, np.zeros(len(ts)), _eta(ev),
+                                                                _data_range(ev), ev.pixel_width))
+        elif ev.sampler in ("ddpm", "ddim") and ev.variance in ("npr", "sn"):
+            aux = dict(head=abstract_params)
+        elif ev.sampler == "amed":
+            aux = dict(amed=amed_abstract)
+        aux = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), aux)
+        key = jax.eval_shape(lambda: jax.random.key(0))
+        return (make_draw(ev, static) if static else draw_default), (params, aux, key), \
+            f"{sampler_tag(ev)} sampler, {n} samples"
+
+    return Task(init=init, train_step=train_step, evaluate=evaluate, eval_step=eval_step)
 
 
 def load_trained(config, workdir: str):

@@ -240,4 +240,10 @@ def build(config) -> Task:
         return {"test_accuracy": float(s["correct"] / s["n"]), "test_loss": float(s["loss"] / s["n"]),
                 "num_test": int(s["n"])}
 
-    return Task(init=init, train_step=train_step, evaluate=evaluate)
+    def eval_step(state):
+        """One batch of evaluate()'s forward pass."""
+        bs = config.eval.batch_size
+        batch = {"x": jax.ShapeDtypeStruct((bs, H, W, C), jnp.float32), "label": jax.ShapeDtypeStruct((bs,), jnp.int32)}
+        return eval_sums, (eval_params(state), batch, jax.ShapeDtypeStruct((bs,), jnp.bool_)), f"forward pass, batch {bs}"
+
+    return Task(init=init, train_step=train_step, evaluate=evaluate, eval_step=eval_step)

@@ -122,6 +122,19 @@ class _Progress:
             self.bar.close()
 
 
+def run_mesh(config, devices=None):
+    """The mesh of `config.mesh` over `devices` (default: all), checked against the batch size (ConfigError)."""
+    try:
+        mesh = mesh_lib.make_mesh(config.mesh, devices)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if config.train.batch_size % n_batch_shards:
+        raise ConfigError(f"config.train.batch_size={config.train.batch_size} must be divisible by the "
+                          f"{n_batch_shards} devices of the mesh")
+    return mesh
+
+
 def sharded_train_step(task, state_sharding, batch_sharding, train_key):
     """jit(step(state, batch, step_number)) with the state donated; the key of step s is fold_in(train_key, s)."""
 
@@ -149,14 +162,7 @@ def _train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
     maybe_initialize_distributed(config.distributed)
     task = task if task is not None else tasks_lib.build(config)
 
-    try:
-        mesh = mesh_lib.make_mesh(config.mesh)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if config.train.batch_size % n_batch_shards:
-        raise ConfigError(f"config.train.batch_size={config.train.batch_size} must be divisible by the "
-                         f"{n_batch_shards} devices of the mesh")
+    mesh = run_mesh(config)
     root = jax.random.key(config.seed)
     init_key, train_key, eval_key = jax.random.split(root, 3)
 

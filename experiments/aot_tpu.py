@@ -1,0 +1,88 @@
+"""Compile every paper-scale config for the TPU slice its docstring names, without a TPU (jaxgen.aot).
+
+    python -m experiments.aot_tpu [--quick] [--out DIR] [--configs ddpm_cifar10.py,s4_smnist.py]
+
+For each config (its "Target slice: v5e-8" docstring line names the slice) the train step and the
+evaluation step are compiled through libtpu for that slice and reported per chip: HBM (arguments,
+outputs, temporaries, total against the capacity), FLOPs and bytes accessed per call, and the roofline
+bound max(FLOPs / peak, bytes / HBM bandwidth) with the chip's published numbers (a bound on steps/s,
+not a measurement). The DDPM sampling variants share the base config's train step, so only their
+samplers are compiled. Writes DIR/aot_tpu.json (one row per config and step; `setting` = config@slice).
+`--quick` compiles the `:smoke` variants instead (minutes, not the better part of an hour).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import argparse
+import re
+import time
+
+from experiments._report import ROOT, markdown_table, prepare_out, write_rows
+
+PAPER_CONFIGS = ("s4_smnist.py", "s4_psmnist.py", "s4_scifar.py", "fsq_mnist.py", "fsq_cifar10.py", "ddpm_cifar10.py")
+DDPM_SAMPLING = ("ddim", "analytic", "analytic_ddim", "npr", "sn", "pc", "euler", "heun", "dpm2", "amed")
+COLS = ["setting", "step", "what", "mesh", "params", "total_gib", "hbm_gib", "fits", "gflop", "gib_accessed",
+        "bound_ms", "bound_steps_per_s", "bound_by", "compile_s"]
+
+
+def target_slice(config_file: str) -> str:
+    """The slice named by the config file's docstring line 'Target slice: v5e-8'."""
+    with open(config_file) as f:
+        m = re.search(r"Target slice: (\S+)", f.read())
+    if m is None:
+        raise ValueError(f"{config_file} names no 'Target slice: ...' in its docstring")
+    return m.group(1).rstrip(".,;")
+
+
+def jobs(configs, quick: bool):
+    """(config spec, slice, steps) to compile: every config's train and eval steps, then the DDPM samplers."""
+    out = []
+    for name in configs:
+        path = os.path.join("configs", name)
+        slice_name = target_slice(os.path.join(ROOT, path))
+        out.append((path + (":smoke" if quick else ""), slice_name, ("train", "eval")))
+        if name == "ddpm_cifar10.py":
+            out += [(f"{path}:{v}{',smoke' if quick else ''}", slice_name, ("eval",)) for v in DDPM_SAMPLING]
+    return out
+
+
+def _flat(row: dict) -> dict:
+    gib = 2.0**30
+    scaled = dict(total_gib=row["total_bytes"] / gib, hbm_gib=row["hbm_bytes"] / gib,
+                  gflop=None if row["flops"] is None else row["flops"] / 1e9,
+                  gib_accessed=None if row["bytes_accessed"] is None else row["bytes_accessed"] / gib,
+                  bound_ms=None if row["bound_s"] is None else row["bound_s"] * 1e3)
+    return dict(row, **scaled)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=os.path.join(ROOT, "experiments", "results"))
+    parser.add_argument("--configs", default=",".join(PAPER_CONFIGS))
+    args = parser.parse_args(argv)
+    out = prepare_out(args.out)
+    path = os.path.join(out, "aot_tpu.json")
+
+    from jaxgen.aot import compile_report
+    from jaxgen.config import load_config
+
+    os.chdir(ROOT)
+    all_rows = []
+    for spec, slice_name, steps in jobs([c.strip() for c in args.configs.split(",") if c.strip()], args.quick):
+        start = time.perf_counter()
+        rows = [_flat(r) for r in compile_report(load_config(spec), slice_name, steps)]
+        for r in rows:
+            r.update(setting=f"{spec}@{slice_name}", config=spec, slice=slice_name)
+        all_rows += rows
+        write_rows(path, rows, {rows[0]["setting"]})  # after each config: a long run keeps what it finished
+        print(f"{spec} on {slice_name}: {time.perf_counter() - start:.0f} s", flush=True)
+    print(markdown_table(all_rows, COLS))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""jaxgen.aot: TPU compile checks through libtpu without a TPU, and tfds smoke configs without the data.
+
+The compile check runs for real here (libtpu is a test dependency: no skip). Small smoke configs only:
+XLA:TPU takes minutes for the CIFAR-10 UNet even at smoke size.
+"""
+
+import glob
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import libtpu  # noqa: F401  - the compile check needs it; a missing libtpu must fail, not skip
+import numpy as np
+import pytest
+
+from jaxgen import aot, tasks
+from jaxgen import data as data_lib
+from jaxgen.config import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(ROOT, "configs", "ddpm_toy2d.py") + ":smoke"
+GIB = 2**30
+
+
+@pytest.mark.parametrize("name, topology", [
+    ("v5e-16", "v5e:4x4"), ("v5e-8", "v5e:2x4"), ("v4-8", "v4:2x2x1"), ("v4-32", "v4:2x2x4"),
+    ("v5p-8", "v5p:2x2x1"), ("v6e-8", "v6e:2x4"), ("v5litepod-16", "v5e:4x4"), ("v5e:2x2", "v5e:2x2")])
+def test_slice_names_map_to_topologies(name, topology):
+    # v5e / v6e slices count chips, v4 / v5p count TensorCores (2 per chip): v4-8 is 4 chips
+    assert aot.parse_slice(name)[1] == topology
+
+
+@pytest.mark.parametrize("bad", ["v5e-3", "v4-6", "tpu-8", "v5e:2x2x1", "v4:2x2"])
+def test_bad_slice_names_are_refused_with_the_accepted_ones(bad):
+    with pytest.raises(ValueError, match=f"--topology='{bad}'"):
+        aot.parse_slice(bad)
+
+
+def test_chip_numbers_are_the_published_ones():
+    # Cloud TPU documentation: HBM per chip, peak bf16 FLOP/s, HBM bandwidth
+    published = {"v5e": (16, 197e12, 819e9), "v4": (32, 275e12, 1.2e12), "v5p": (95, 459e12, 2.765e12),
+                 "v6e": (32, 918e12, 1.64e12)}
+    for family, (hbm_gib, peak, bw) in published.items():
+        chip = aot.CHIPS[family]
+        assert (chip.hbm_bytes, chip.peak_flops, chip.hbm_bandwidth) == (hbm_gib * GIB, peak, bw)
+
+
+@pytest.fixture(scope="module")
+def toy_report():
+    config = load_config(SMOKE)
+    return config, aot.compile_report(config, "v5e:2x2")
+
+
+def test_report_compiles_train_and_eval_steps_with_every_field(toy_report):
+    config, rows = toy_report
+    assert [r["step"] for r in rows] == ["train", "eval"]
+    for r in rows:
+        assert (r["chip"], r["topology"], r["devices"], r["chips"], r["mesh"]) == ("TPU v5e", "v5e:2x2", 4, 4,
+                                                                                   "data=4, fsdp=1")
+        for key in ("argument_bytes", "output_bytes", "temp_bytes", "code_bytes", "total_bytes", "flops",
+                    "bytes_accessed", "compile_s"):
+            assert r[key] > 0, key
+        assert r["total_bytes"] == (r["argument_bytes"] + r["output_bytes"] - r["alias_bytes"] + r["temp_bytes"]
+                                    + r["code_bytes"])
+        assert r["fits"] and r["total_bytes"] < r["hbm_bytes"] == 16 * GIB and r["compile_error"] is None
+        # the roofline bound, recomputed from the chip's published numbers
+        bound = max(r["flops"] / 197e12, r["bytes_accessed"] / 819e9)
+        assert r["bound_s"] == pytest.approx(bound, rel=1e-12)
+        assert r["bound_steps_per_s"] == pytest.approx(1 / bound, rel=1e-12)
+        assert r["bound_by"] == ("compute" if r["flops"] / 197e12 > r["bytes_accessed"] / 819e9 else "memory")
+        assert r["sharding"].startswith("P(): ")  # pure data parallel: every leaf replicated
+    train, ev = rows
+    assert "global batch 32" in train["what"] and "64 samples" in ev["what"]
+    assert ev["loop_bodies_counted_once"] and not train["loop_bodies_counted_once"]  # the sampler is a loop
+    # the donated train state is aliased, and every chip holds all of it (replicated), at least its raw bytes
+    state = jax.eval_shape(tasks.build(config).init, jax.random.key(0))
+    state_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state))
+    assert train["argument_bytes"] >= train["alias_bytes"] >= state_bytes
+    assert train["params"] == sum(math.prod(x.shape) for x in jax.tree.leaves(state.params))
+
+
+def test_per_chip_flops_match_one_device_running_its_share_of_the_batch(toy_report):
+    """Data parallel over 4 chips: each chip runs the step on B / 4 examples. XLA's count for the same
+    step compiled for one CPU device at batch B / 4 must agree (the all-reduce adds few FLOPs)."""
+    from jaxgen.train.loop import sharded_train_step
+
+    config, rows = toy_report
+    task = tasks.build(config)
+    state = jax.eval_shape(task.init, jax.random.key(0))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    step = sharded_train_step(task, jax.tree.map(lambda _: device, state), device, jax.random.key(1))
+    batch = {"x": jax.ShapeDtypeStruct((config.train.batch_size // 4, 2), jnp.float32),
+             "label": jax.ShapeDtypeStruct((config.train.batch_size // 4,), jnp.int32)}
+    cost = step.lower(state, batch, jax.ShapeDtypeStruct((), jnp.int32)).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    assert rows[0]["flops"] == pytest.approx(cost["flops"], rel=0.25)
+
+
+def test_cli_prints_the_table_and_appends_json(toy_report, tmp_path, capsys):
+    out = tmp_path / "aot.json"
+    # --steps eval: the train step was compiled above; the CLI path is what is tested here
+    assert aot.main(["--config", SMOKE, "--topology", "v5e:2x2", "--steps", "eval", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| eval |" in text and "a bound, not a measurement" in text and "P(): " in text
+    assert aot.main(["--config", SMOKE, "--topology", "v5e:2x2", "--steps", "eval", "--json", str(out)]) == 0
+    import json
+
+    rows = json.loads(out.read_text())
+    assert len(rows) == 2 and rows[0]["config"] == SMOKE and rows[0]["slice"] == "v5e:2x2"
+
+
+def test_config_that_does_not_fit_exits_2_with_one_line(capsys):
+    # 2^28 points: XLA:TPU refuses to compile the train step, naming the temporaries it would need
+    code = aot.main(["--config", SMOKE, "--topology", "v5e:2x2", "--steps", "train",
+                     "--config.train.batch_size=268435456"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "does not fit on v5e:2x2" in err[0] and "TPU v5e chip, which has 16.00 GiB" in err[0]
+    need = float(err[0].split("needs at least ")[1].split(" GiB")[0])
+    assert need > 16
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--config", SMOKE, "--topology", "v5e-3"], "--topology='v5e-3'"),
+    (["--config", SMOKE], "--topology is required"),
+    (["--config", SMOKE, "--topology", "v5e:2x2", "--steps", "train,sample"], "--steps"),
+    (["--config", SMOKE, "--topology", "v5e:2x2", "--config.train.batch_sise=4"], "batch_size"),
+])
+def test_bad_arguments_exit_2_naming_them(argv, match, capsys):
+    assert aot.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0]
+
+
+def test_libtpu_leaves_the_default_backend_alone(toy_report):
+    # after compiling for TPU, JAX itself still runs on the 8 emulated CPU devices of the test setup
+    assert jax.default_backend() == "cpu" and jax.device_count() == 8
+    assert float(jax.jit(lambda x: x.sum())(jnp.ones(8))) == 8.0
+
+
+# ------------------------------------------------------------------ data.mock: tfds smoke runs without the data
+
+
+def test_mock_tfds_data_needs_no_files(tmp_path):
+    cfg = data_lib.default_data_config("cifar10")
+    cfg.data_dir = str(tmp_path)  # empty: nothing prepared here
+    with pytest.raises(data_lib.DatasetNotPreparedError):
+        data_lib.dataset_info(cfg)
+    cfg.mock = True
+    info = data_lib.dataset_info(cfg)
+    assert (info.shape, info.num_classes) == ((32, 32, 3), 10)
+    batch = next(data_lib.make_train_iterator(cfg, global_batch_size=8, seed=0, process_index=0, process_count=1))
+    assert batch["x"].shape == (8, 32, 32, 3) and batch["x"].dtype == np.float32
+    assert -1 <= batch["x"].min() and batch["x"].max() <= 1 and batch["x"].std() > 0.1
+    assert batch["label"].dtype == np.int32 and np.all((0 <= batch["label"]) & (batch["label"] < 10))
+    assert os.listdir(tmp_path) == []
+
+
+def test_mock_is_refused_for_bundled_data():
+    cfg = data_lib.default_data_config("digits")
+    cfg.mock = True
+    with pytest.raises(ValueError, match="data.mock"):
+        data_lib.dataset_info(cfg)
+
+
+def test_every_tfds_smoke_variant_mocks_its_data_and_no_full_config_does():
+    checked = 0
+    for path in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))):
+        full, smoke = load_config(path), load_config(path + ":smoke")
+        tfds_data = smoke.data.name not in ("digits",) + data_lib.TOY_NAMES
+        assert smoke.data.get("mock", False) == tfds_data, path
+        assert not full.data.get("mock", False), path
+        checked += tfds_data
+    assert checked == 6
