@@ -173,3 +173,12 @@ def test_every_tfds_smoke_variant_mocks_its_data_and_no_full_config_does():
         assert not full.data.get("mock", False), path
         checked += tfds_data
     assert checked == 6
+
+
+@pytest.mark.parametrize("config_file", ["fsq_digits.py", "s4_seq_digits.py", "s4_copying.py", "s4_generate_digits.py"])
+def test_every_task_exposes_an_eval_step_that_lowers(config_file):
+    # one config per task (the DDPM task is compiled above); lowering checks the arguments fit the function
+    config = load_config(os.path.join(ROOT, "configs", config_file) + ":smoke")
+    task = tasks.build(config)
+    fn, args, what = task.eval_step(jax.eval_shape(task.init, jax.random.key(0)))
+    assert fn.lower(*args).out_info is not None and what

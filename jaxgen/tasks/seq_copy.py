@@ -158,4 +158,8 @@ def build(config) -> Task:
         return {"test_accuracy": correct / (n * K), "test_sequence_accuracy": seq / n, "test_loss": ce / (n * K),
                 "num_test": n}
 
-    return Task(init=init, train_step=train_step, evaluate=evaluate)
+    def eval_step(state):
+        """evaluate()'s one jitted call: the sums over the whole held-out set."""
+        return test_sums, (eval_params(state),), f"held-out sums, {n_batches} batches of {config.eval.batch_size}"
+
+    return Task(init=init, train_step=train_step, evaluate=evaluate, eval_step=eval_step)

@@ -230,7 +230,12 @@ def build(config) -> Task:
                                     max_images=None)
         return out
 
-    return Task(init=init, train_step=train_step, evaluate=evaluate)
+    def eval_step(state):
+        """evaluate()'s recurrent sampler."""
+        return draw, (eval_params(state), jax.eval_shape(lambda: jax.random.key(0))), \
+            f"recurrent sampler, {n_samples} samples of {L} tokens"
+
+    return Task(init=init, train_step=train_step, evaluate=evaluate, eval_step=eval_step)
 
 
 def _score(config, info, test, generated, labels) -> dict:
