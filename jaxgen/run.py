@@ -7,8 +7,12 @@ Flags follow the flax examples and big_vision (absl): `--config=configs/X.py:arg
 (read flags from a file), `--help` / `--helpfull` (every flag, the `--jax_*` ones included), and any JAX
 option as `--jax_NAME=value` (e.g. `--jax_log_compiles`).
 
-Re-running the same command on the same workdir resumes from the latest checkpoint; a workdir is used by
-one run at a time, and resuming under a changed config needs `--config.train.resume_changed=True`. Bad
+Re-running the same command on the same workdir resumes from the latest checkpoint. A workdir is used by
+one run at a time (a second one exits 2 naming the holder); resuming under a config that differs in more
+than run length, cadence, `eval.*`, `distributed.*` or `mesh.*` exits 2 listing the keys, unless
+`--config.train.resume_changed=True`. `train.num_steps` at or below the latest checkpoint trains nothing
+and evaluates that checkpoint under its own step. A damaged latest checkpoint is named, moved to
+`checkpoints_damaged/`, and the run resumes from the newest intact one (exit 2 if none is). Bad
 input (a config file that does not load, a misspelt key, an invalid value, a workdir that cannot be
 used) exits with status 2 and one line, before anything is written to the workdir; a bug still shows
 its traceback. SIGTERM saves a checkpoint and exits with status 143 (Ctrl-C: 130).

@@ -142,10 +142,13 @@ def test_resume_allow_list():
     new["mesh"]["data"], new["distributed"]["initialize"] = 2, "false"
     new["eval"]["anything"] = 1
     assert workdir_lib.config_differences(old, new) == []
-    new["seed"], new["optimizer"]["b1"] = 3, 0.5
+    del old["optimizer"]["momentum"]  # a key added by a later jaxgen, at its default: no change
+    assert workdir_lib.config_differences(old, new) == []
+    new["seed"], new["optimizer"]["b1"], new["optimizer"]["momentum"] = 3, 0.5, 0.5
     del new["ema_decay"]
     assert workdir_lib.config_differences(old, new) == [
-        ("ema_decay", 0.0, "<absent>"), ("optimizer.b1", None, 0.5), ("seed", 0, 3)]
+        ("ema_decay", 0.0, "<absent>"), ("optimizer.b1", None, 0.5), ("optimizer.momentum", "<absent>", 0.5),
+        ("seed", 0, 3)]
 
 
 @pytest.fixture(scope="module")

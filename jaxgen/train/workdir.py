@@ -72,7 +72,23 @@ class WorkdirLock:
                          token=uuid.uuid4().hex)
 
     def __enter__(self) -> "WorkdirLock":
-        self.acquire()
+        error = None
+        try:
+            self.acquire()
+        except ConfigError as e:
+            error = e
+        jax = sys.modules.get("jax")
+        if jax is not None and jax.process_count() > 1:  # every process learns process 0's outcome
+            import numpy as np
+            from jax.experimental import multihost_utils
+
+            ok = bool(multihost_utils.broadcast_one_to_all(np.asarray(error is None)))
+            if not ok and error is None:
+                error = ConfigError(f"process 0 could not take the lock of workdir '{self.workdir}' (its error "
+                                    f"says why)")
+        if error is not None:
+            self.release()
+            raise error
         return self
 
     def __exit__(self, *exc) -> None:
@@ -217,14 +233,29 @@ def _allowed(key: str) -> bool:
 _ABSENT = "<absent>"
 
 
+def _defaults() -> dict:
+    """Flattened defaults of keys jaxgen adds to every config (base_config, and model defaults if any)."""
+    from jaxgen import config as config_lib
+
+    out = _flatten(json.loads(config_lib.base_config().to_json_best_effort()))
+    out.update({f"model.{k}": v for k, v in getattr(config_lib, "MODEL_DEFAULTS", {}).items()})
+    return out
+
+
 def config_differences(old: dict, new: dict) -> list[tuple[str, object, object]]:
-    """(dotted key, old value, new value) for every leaf that differs and is not in RESUME_ALLOWED."""
+    """(dotted key, old value, new value) for every leaf that differs and is not in RESUME_ALLOWED.
+
+    A key missing from the old config and set to its jaxgen default in the new one is no difference: a
+    workdir written before jaxgen had that key ran with the behaviour the default keeps.
+    """
     a, b = _flatten(old), _flatten(new)
+    defaults = _defaults()
     diffs = []
     for key in sorted(set(a) | set(b)):
         va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
-        if va != vb and not _allowed(key):
-            diffs.append((key, va, vb))
+        if va == vb or _allowed(key) or (va is _ABSENT and key in defaults and defaults[key] == vb):
+            continue
+        diffs.append((key, va, vb))
     return diffs
 
 
