@@ -63,3 +63,40 @@ from jaxgen.diffusion.wasserstein import (  # noqa: F401
     fit_affine_score_dsm,
     true_affine_score,
 )
+from jaxgen.diffusion.consistency import (  # noqa: F401
+    ConsistencySpec,
+    karras_sigma,
+    consistency_function,
+    gaussian_consistency_function,
+    edm_denoiser,
+    pf_ode_step,
+    consistency_sample,
+    consistency_sample_sigmas,
+    pseudo_huber,
+    cd_loss_terms,
+    cd_loss,
+    ct_loss_terms,
+    ct_loss,
+    ct_num_scales,
+    ct_target_ema,
+    ict_num_scales,
+    ict_sigma_probs,
+    ict_loss,
+)
+from jaxgen.diffusion.shortcut import (  # noqa: F401
+    shortcut_levels,
+    shortcut_batch_split,
+    shortcut_rows,
+    shortcut_targets,
+    shortcut_loss,
+    shortcut_sample,
+)
+from jaxgen.diffusion.sid import (  # noqa: F401
+    SiDState,
+    init_sid_state,
+    sid_sigmas,
+    sid_generator_loss_terms,
+    sid_generator_loss,
+    fake_score_loss,
+    make_sid_step,
+)
