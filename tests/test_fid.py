@@ -74,7 +74,7 @@ def test_inception_score_equals_direct_numpy():
 
 
 def test_precision_recall_equal_brute_force_knn():
-    real, fake = _features(4, 90, 6).astype(np.float64), _features(5, 70, 6, shift=0.8)
+    real, fake = _features(4, 90, 6).astype(np.float64), _features(5, 70, 6, shift=0.3)
     fake = fake.astype(np.float64)
 
     def radii(x):  # distance to the 3rd nearest other point
@@ -115,8 +115,9 @@ def test_stats_files_roundtrip_and_published_format(tmp_path):
         fid.load_stats(tmp_path / "missing.npz")
 
 
-def test_sample_and_score_streams_batches():
+def test_sample_and_score_streams_batches_and_resumes():
     w = np.random.default_rng(7).normal(size=(12, 10))
+    real = _features(9, 30, 12)
     seen = []
 
     def sample_fn(key, i):
@@ -124,19 +125,28 @@ def test_sample_and_score_streams_batches():
         return jax.random.normal(key, (16, 2, 2, 3))
 
     def extractor(images):  # a stand-in for InceptionExtractor: (features, logits)
-        flat = np.asarray(images).reshape(len(images), -1)
+        flat = np.asarray(images, np.float64).reshape(len(images), -1)
         return flat, flat @ w
 
     ref = (np.zeros(12), np.eye(12))
-    out = fid.sample_and_score(sample_fn, 40, extractor, key=jax.random.key(0), ref_stats=ref,
-                               is_splits=4)
-    assert seen == [0, 1, 2] and out["num_samples"] == 40
+    kw = dict(key=jax.random.key(0), ref_stats=ref, is_splits=4, real_features=real)
+    states = []
+    out = fid.sample_and_score(sample_fn, 40, extractor, on_batch=lambda st: states.append(
+        jax.tree.map(np.copy, st)), **kw)
+    assert seen == [0, 1, 2] and out["num_samples"] == 40 and len(states) == 3
     allx = np.concatenate([np.asarray(sample_fn(jax.random.fold_in(jax.random.key(0), i), i))
                            .reshape(16, -1) for i in range(3)])[:40].astype(np.float64)
     np.testing.assert_allclose(out["mu"], allx.mean(0), rtol=1e-6, atol=1e-12)
     assert out["fid"] == pytest.approx(frechet_distance(allx.mean(0), np.cov(allx, rowvar=False),
                                                         *ref), rel=1e-9)
     assert (out["is_mean"], out["is_std"]) == pytest.approx(fid.inception_score(allx @ w, 4))
+    assert (out["precision"], out["recall"]) == pr.precision_recall(real, allx[:30].astype(np.float32))
+    # Interrupted after batch 1 (0-based) and resumed from its state: the same numbers.
+    seen.clear()
+    resumed = fid.sample_and_score(sample_fn, 40, extractor, state=states[1], **kw)
+    assert seen == [2]
+    for k, v in out.items():
+        np.testing.assert_array_equal(resumed[k], v)
 
 
 class _PixelFeatures:

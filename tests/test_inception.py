@@ -74,15 +74,16 @@ def test_resize_equals_torch_bilinear(in_hw):
 def test_reader_both_torch_formats_and_views(tmp_path):
     base = torch.randn(4, 6)
     sd = collections.OrderedDict(w=torch.randn(3, 2, 5), t=base.t(), sl=base[1:3, 2:],
-                                 n=torch.arange(7), h=torch.randn(3).half())
+                                 n=torch.arange(7), h=torch.randn(3).half(),
+                                 p=torch.nn.Parameter(torch.randn(2, 2)))
     for legacy in (False, True):
         path = tmp_path / f"sd_{legacy}.pth"
         torch.save(sd, path, _use_new_zipfile_serialization=not legacy)
         got = inc.read_torch_state_dict(path)
         assert list(got) == list(sd)
         for k, v in sd.items():
-            assert got[k].dtype == v.numpy().dtype
-            np.testing.assert_array_equal(got[k], v.numpy())
+            assert got[k].dtype == v.detach().numpy().dtype
+            np.testing.assert_array_equal(got[k], v.detach().numpy())
 
 
 class _Evil:

@@ -8,12 +8,11 @@ from jaxgen.metrics.fid import (FeatureStats, InceptionExtractor, InceptionScore
 from jaxgen.metrics.frechet import (feature_stats, frechet_distance,
                                     frechet_distance_from_features)
 from jaxgen.metrics.inception import InceptionV3, load_fid_inception
-from jaxgen.metrics.precision_recall import precision_recall
 
 __all__ = [
     "ClassifierFeatures", "FeatureExtractor", "classifier_features", "codebook_usage",
     "default_cache_dir", "feature_stats", "frechet_distance", "frechet_distance_from_features",
     "mmd", "perplexity", "sliced_wasserstein", "train_classifier", "wasserstein2_1d_squared",
     "FeatureStats", "InceptionExtractor", "InceptionScoreStats", "InceptionV3", "inception_score",
-    "load_fid_inception", "load_stats", "precision_recall", "sample_and_score", "save_stats",
+    "load_fid_inception", "load_stats", "sample_and_score", "save_stats",
 ]

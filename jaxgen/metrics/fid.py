@@ -79,6 +79,17 @@ class FeatureStats:
             self._combine(other.n, other.mean, other.scatter)
         return self
 
+    def get_state(self) -> dict:
+        return dict(n=np.int64(self.n), mean=self.mean.copy(), scatter=self.scatter.copy())
+
+    @classmethod
+    def from_state(cls, state: dict) -> "FeatureStats":
+        out = cls(int(np.shape(state["mean"])[0]))
+        out.n = int(state["n"])
+        out.mean[...] = state["mean"]
+        out.scatter[...] = state["scatter"]
+        return out
+
     @property
     def mu(self) -> np.ndarray:
         return self.mean.copy()
@@ -136,6 +147,21 @@ class InceptionScoreStats:
         np.add.at(self.plogp_sum, split, (p * logp).sum(axis=1))
         self.seen += lg.shape[0]
         return self
+
+    def get_state(self) -> dict:
+        out = dict(num_samples=np.int64(self.num_samples), splits=np.int64(self.splits),
+                   seen=np.int64(self.seen), plogp_sum=self.plogp_sum.copy())
+        if self.p_sum is not None:
+            out["p_sum"] = self.p_sum.copy()
+        return out
+
+    @classmethod
+    def from_state(cls, state: dict) -> "InceptionScoreStats":
+        out = cls(int(state["num_samples"]), int(state["splits"]))
+        out.seen = int(state["seen"])
+        out.plogp_sum[...] = state["plogp_sum"]
+        out.p_sum = np.array(state["p_sum"], np.float64) if "p_sum" in state else None
+        return out
 
     def result(self) -> tuple[float, float]:
         if self.seen != self.num_samples:
@@ -268,29 +294,52 @@ class InceptionExtractor:
 
 
 def sample_and_score(sample_fn: Callable, num_samples: int, extractor: Callable, *,
-                     key, ref_stats=None, is_splits: int = 10, progress: bool = False) -> dict:
+                     key, ref_stats=None, is_splits: int = 10, real_features=None, pr_k: int = 3,
+                     state: dict | None = None, on_batch: Callable | None = None,
+                     progress: bool = False) -> dict:
     """Draw `num_samples` images batch by batch and score them, holding one batch at a time.
 
     `sample_fn(key, i) -> images (B, H, W, 3)` in the extractor's input range, batch i drawn with
     `key_i = jax.random.fold_in(key, i)`; every batch but the last is used whole, the last is cut
     to reach `num_samples`. `extractor(images) -> (features (B, F), logits (B, K))`, normally an
     `InceptionExtractor`. `ref_stats` is (mu, sigma) or a path to an .npz (`load_stats`).
+    `real_features` (M, F): the first min(M, num_samples) generated features are kept and
+    precision / recall (k = `pr_k`, Kynkäänniemi et al. 2019) computed against as many real ones.
 
-    Returns {'fid' (if ref_stats), 'is_mean', 'is_std', 'num_samples', 'mu', 'sigma'}.
+    Resuming: after each batch `on_batch(state)` receives a dict of NumPy arrays (the accumulators
+    and the next batch index); passing such a dict back as `state` continues from there and gives
+    the result of an uninterrupted run (batch i always uses fold_in(key, i)).
+
+    Returns {'fid' (if ref_stats), 'precision', 'recall' (if real_features), 'is_mean', 'is_std',
+    'num_samples', 'mu', 'sigma'}.
     """
     if not isinstance(num_samples, (int, np.integer)) or num_samples < 2:
         raise ValueError(f"num_samples must be an integer >= 2, got {num_samples!r}")
+    num_samples = int(num_samples)
     if isinstance(ref_stats, (str, os.PathLike)):
         ref_stats = load_stats(ref_stats)
-    stats = None
-    iscore = InceptionScoreStats(int(num_samples), is_splits)
+    num_keep = 0 if real_features is None else min(len(real_features), num_samples)
+    if real_features is not None and num_keep < pr_k + 1:
+        raise ValueError(f"real_features must have more than pr_k={pr_k} rows, got "
+                         f"{len(real_features)}")
+    stats, iscore, i = None, InceptionScoreStats(num_samples, is_splits), 0
+    kept = None  # (num_keep, F) float32, filled in order: generated features for precision/recall
+    if state is not None:
+        i = int(state["batch"])
+        stats = FeatureStats.from_state(state["features"]) if "features" in state else None
+        iscore = InceptionScoreStats.from_state(state["is"])
+        if iscore.num_samples != num_samples or iscore.splits != is_splits:
+            raise ValueError(f"state is for num_samples={iscore.num_samples}, is_splits="
+                             f"{iscore.splits}, not {num_samples}, {is_splits}")
+        if "kept" in state:
+            kept = np.zeros((num_keep, np.shape(state["kept"])[1]), np.float32)
+            kept[:len(state["kept"])] = state["kept"]
+    done = 0 if stats is None else stats.n
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=int(num_samples), desc="FID samples", unit="img")
-    i = 0
-    done = 0
+        bar = tqdm(total=num_samples, initial=done, desc="FID samples", unit="img")
     while done < num_samples:
         images = sample_fn(jax.random.fold_in(key, i), i)
         if images.ndim != 4 or images.shape[0] < 1:
@@ -301,16 +350,30 @@ def sample_and_score(sample_fn: Callable, num_samples: int, extractor: Callable,
         if stats is None:
             stats = FeatureStats(np.shape(pool3)[1])
         stats.update(pool3)
-        done = stats.n
         iscore.update(logits)
+        if num_keep and kept is None:
+            kept = np.zeros((num_keep, np.shape(pool3)[1]), np.float32)
+        if done < num_keep:
+            m = min(num_keep - done, len(pool3))
+            kept[done:done + m] = np.asarray(pool3[:m], np.float32)
+        done, i = stats.n, i + 1
         if bar is not None:
             bar.update(pool3.shape[0])
-        i += 1
+        if on_batch is not None:
+            st = {"batch": np.int64(i), "features": stats.get_state(), "is": iscore.get_state()}
+            if kept is not None:
+                st["kept"] = kept[:min(done, num_keep)]  # a view: copy it to keep it
+            on_batch(st)
     if bar is not None:
         bar.close()
     is_mean, is_std = iscore.result()
-    out = dict(is_mean=is_mean, is_std=is_std, num_samples=int(num_samples), mu=stats.mu,
+    out = dict(is_mean=is_mean, is_std=is_std, num_samples=num_samples, mu=stats.mu,
                sigma=stats.sigma)
     if ref_stats is not None:
         out["fid"] = frechet_distance(stats.mu, stats.sigma, *ref_stats)
+    if real_features is not None:
+        from jaxgen.metrics.precision_recall import precision_recall
+
+        out["precision"], out["recall"] = precision_recall(
+            np.asarray(real_features[:num_keep], np.float32), kept, k=pr_k)
     return out

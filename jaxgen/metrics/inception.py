@@ -419,6 +419,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return OrderedDict
         if module == "torch._utils" and name == "_rebuild_tensor_v2":
             return self._rebuild
+        if module == "torch._utils" and name == "_rebuild_parameter":  # nn.Parameter -> its data
+            return lambda data, *_ignored: data
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
         raise pickle.UnpicklingError(f"refusing to load global {module}.{name} from a weights "
@@ -504,7 +506,8 @@ def read_torch_state_dict(path: str | os.PathLike) -> "OrderedDict[str, np.ndarr
     Reads both torch.save formats (the zip archive of `data.pkl` + raw storages, and the legacy
     sequence of pickles). The pickle is read by an unpickler that resolves only
     `collections.OrderedDict`, `torch._utils._rebuild_tensor_v2` (replaced by a NumPy strided
-    view of the raw storage) and the `torch.*Storage` type names; any other global, hence any
+    view of the raw storage), `torch._utils._rebuild_parameter` (its tensor) and the
+    `torch.*Storage` type names; any other global, hence any
     code a malicious file could run, raises `pickle.UnpicklingError`.
     """
     with open(path, "rb") as f:
