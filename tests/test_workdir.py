@@ -135,6 +135,17 @@ def test_resume_under_changed_config_refused_listing_each_key(trained, capsys):
     assert _snapshot(workdir) == before  # config.json, metrics, checkpoints: nothing changed
 
 
+def test_forced_resume_that_cannot_restore_exits_2_before_changing_the_workdir(trained, capsys):
+    workdir = trained["workdir"]
+    before = _snapshot(workdir)
+    assert _main(workdir, "--config.model.hidden=16", "--config.train.resume_changed=True") == 2
+    errors = _errors(capsys.readouterr().err)
+    assert len(errors) == 1, errors
+    assert "does not fit the state this config builds" in errors[0]
+    assert "checkpoint (32,), config (16,)" in errors[0]  # read from the checkpoint's metadata, not restored
+    assert _snapshot(workdir) == before
+
+
 def test_resume_allow_list():
     old = json.loads(base_config().to_json_best_effort())
     new = json.loads(base_config().to_json_best_effort())

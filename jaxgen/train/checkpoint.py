@@ -96,3 +96,25 @@ def set_aside(directory: str, step: int, dest: str) -> str:
             rel = os.fspath(f)[len(src):].lstrip("/")
             paths.replace(os.fspath(f), paths.join(dst, rel))
     return dst
+
+
+def _leaf_names(tree) -> dict[str, tuple]:
+    import re
+
+    return {"/".join(re.findall(r"[A-Za-z0-9_]+", jax.tree_util.keystr(p))): tuple(leaf.shape)
+            for p, leaf in jax.tree_util.tree_leaves_with_path(tree) if hasattr(leaf, "shape")}
+
+
+def shape_mismatches(directory: str, step: int, abstract_state) -> list[str]:
+    """'name: checkpoint (32, 32), config (16, 16)' for each state leaf whose stored shape differs from the
+    config's (read from orbax's metadata, without restoring); [] when they fit or the metadata is unreadable."""
+    try:
+        md = ocp.StandardCheckpointer().metadata(paths.join(directory, str(step), "state"))
+        stored = _leaf_names(getattr(md, "item_metadata", md))
+    except Exception:  # noqa: BLE001 - no metadata to compare: the restore itself will tell
+        return []
+    wanted = _leaf_names(abstract_state)
+    if not stored:
+        return []
+    return [f"{k}: checkpoint {stored.get(k, 'absent')}, config {wanted.get(k, 'absent')}"
+            for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]

@@ -174,9 +174,8 @@ def _train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
                                                 seed=config.seed)
     except ValueError as e:  # unknown dataset, tfds data not prepared, batch not divisible by processes
         raise ConfigError(str(e)) from None
-    resume_step = workdir_lib.prepare_resume(config, workdir, primary=jax.process_index() == 0)
+    resume_step = workdir_lib.prepare_resume(config, workdir, primary=jax.process_index() == 0, abstract=abstract)
     os.makedirs(workdir, exist_ok=True)
-    _write_config(config, workdir)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints)
     writer = MetricWriter(workdir)
 
@@ -189,6 +188,7 @@ def _train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
     else:
         start = 0
         state = jax.jit(task.init, out_shardings=state_sharding)(init_key)
+    _write_config(config, workdir)  # once the checkpoint has restored under this config
 
     train_step = sharded_train_step(task, state_sharding, batch_sharding, train_key)
 

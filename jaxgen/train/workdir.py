@@ -288,12 +288,13 @@ def check_resume_config(config, workdir: str) -> list[tuple[str, object, object]
 DAMAGED_DIR = "checkpoints_damaged"
 
 
-def prepare_resume(config, workdir: str, primary: bool = True) -> int | None:
+def prepare_resume(config, workdir: str, primary: bool = True, abstract=None) -> int | None:
     """Validate a resume before the workdir changes; returns the checkpoint step to resume from (None: start).
 
     1. The newest intact checkpoint is found; each newer damaged one is named in a warning with the files it
        lacks; if checkpoints exist and none is intact, ConfigError.
-    2. The config is compared with config.json (`check_resume_config`).
+    2. The config is compared with config.json (`check_resume_config`), and the checkpoint's array shapes
+       with `abstract` (the state this config builds), so a forced resume that cannot restore stops here.
     3. Only then (process 0, after every process has looked) the damaged checkpoints are moved to
        `<workdir>/checkpoints_damaged/` (kept, and out of orbax's way so their steps can be written again).
     """
@@ -311,6 +312,11 @@ def prepare_resume(config, workdir: str, primary: bool = True) -> int | None:
                           + f"; move them away (or use another --workdir) to start from scratch")
     if step is not None:
         check_resume_config(config, workdir)
+        mismatches = ckpt_lib.shape_mismatches(directory, step, abstract) if abstract is not None else []
+        if mismatches:
+            raise ConfigError(f"checkpoint step {step} in {directory} does not fit the state this config builds "
+                              f"({len(mismatches)} arrays differ, e.g. {mismatches[0]}); use the checkpoint's "
+                              f"config or another --workdir")
     if damaged:
         import jax
 
