@@ -1,8 +1,14 @@
-"""Shared helpers for the experiment scripts: tables, sample quality, result files, the digits model."""
+"""Shared helpers for the experiment scripts: tables, sample quality, result files, the digits model.
+
+Every output goes through `jaxgen.paths`, so `--out` may be a local folder or a gs:// URL.
+"""
 from __future__ import annotations
 
 import json
 import os
+import sys
+
+from jaxgen import paths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,16 +43,40 @@ def sample_quality(x, ref, key, extra_metrics=None) -> dict:
     return out | (extra_metrics(x) if extra_metrics is not None else {})
 
 
+def prepare_out(out: str) -> str:
+    """Check that the output folder `out` (local or gs://) can be written, before any work; create it if
+    local. Exits 2 with one line naming it otherwise."""
+    try:
+        paths.check_writable(out, "--out")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None  # like argparse's usage errors
+    paths.makedirs(out)
+    return out
+
+
+def write_json(path: str, obj, indent: int = 1) -> None:
+    """`obj` as JSON in the file `path` (local or gs://), written whole."""
+    paths.write_text(path, json.dumps(obj, indent=indent))
+
+
+def write_text(path: str, text: str) -> None:
+    paths.write_text(path, text)
+
+
+def save_figure(fig, path: str, **savefig_kwargs) -> None:
+    """`fig.savefig(path, ...)` to a local path or a gs:// URL."""
+    paths.save_figure(fig, path, **savefig_kwargs)
+
+
 def write_rows(path: str, rows: list[dict], settings) -> list[dict]:
     """Write `rows` to the JSON file `path`, keeping the rows it already has for settings not in `settings`
     (so one setting can be re-run alone). Returns all rows."""
     kept = []
-    if os.path.exists(path):
-        with open(path) as f:
-            kept = [r for r in json.load(f) if r["setting"] not in set(settings)]
+    if paths.exists(path):
+        kept = [r for r in json.loads(paths.read_text(path)) if r["setting"] not in set(settings)]
     rows = kept + rows
-    with open(path, "w") as f:
-        json.dump(rows, f, indent=1)
+    write_json(path, rows)
     return rows
 
 
@@ -64,7 +94,7 @@ def digits_model(workdir: str, log=print):
     from jaxgen.train.loop import train_and_evaluate
 
     config = config_lib.load_config(os.path.join(ROOT, "configs", "quickstart.py"))
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")) or not os.listdir(os.path.join(workdir, "checkpoints")):
+    if not paths.listdir(paths.join(workdir, "checkpoints")):
         log(f"training the quickstart digits model in {workdir}")
         train_and_evaluate(config, workdir)
     eps_fn, schedule, step = ddpm.load_trained(config, workdir)

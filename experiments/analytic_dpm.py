@@ -50,7 +50,8 @@ from flax import nnx  # noqa: E402
 
 from jaxgen import diffusion as D  # noqa: E402
 from jaxgen.nets import MLPDenoiser  # noqa: E402
-from experiments._report import digits_model, markdown_table as _table, sample_quality, write_rows  # noqa: E402
+from experiments._report import digits_model, markdown_table as _table, prepare_out, sample_quality, save_figure  # noqa: E402
+from experiments._report import write_rows  # noqa: E402
 
 # REFERENCE.md (recalled): CIFAR-10 FID at K = 10 / 25 / 50
 PAPER_FID = {
@@ -187,7 +188,7 @@ def _figure(rows, path):
         ax.minorticks_off()
         ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -200,7 +201,7 @@ def main(argv=None):
     ap.add_argument("--settings", default=None, help="comma-separated subset of oracle-2d,oracle-16d,digits to run; "
                     "the other settings' rows already in the results file are kept")
     args = ap.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+    prepare_out(args.out)
     settings = (args.settings or "oracle-2d,oracle-16d" + (",digits" if args.digits else "")).split(",")
     ks = [10] if args.quick else [10, 25, 50, 100]
     n = 2000 if args.quick else 5000

@@ -28,7 +28,6 @@ that one block holds about 2^22 complex numbers (the chunk is in the row), which
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
@@ -41,6 +40,7 @@ from flax import nnx
 from jaxgen.ssm import S4, S4D, hippo
 from jaxgen.ssm import kernels as K
 from jaxgen.ssm.lru import lru_apply, lru_init
+from experiments._report import prepare_out, write_json
 
 BLOCK = 2**22  # complex entries per Cauchy block (chunk = BLOCK // (H N) roots of unity at a time)
 DIRECT_MAX = 2**26  # largest (H, N/2, L) Vandermonde matrix materialised by vandermonde_direct
@@ -124,7 +124,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="smaller sizes (< 5 min on 2 CPU cores)")
     p.add_argument("--out", default="experiments/results")
     args = p.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+    prepare_out(args.out)
     t0 = time.time()
     if args.quick:
         H, Ns, Ls, naive_budget, lru_Ls, B = 64, (64,), (1024, 4096), 5.0, (1024, 4096), 4
@@ -207,8 +207,7 @@ def main(argv=None):
                 rows.append(rate(row, mult * 2 * 8 * B * L * N * H / 1e9, peak))
                 print(f"  {bench:11s} {name:16s} L={L:6d}: {row['time_ms']:10.1f} ms ({time.time() - t0:.0f}s)", flush=True)
 
-    with open(os.path.join(args.out, "bench_ssm.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+    write_json(os.path.join(args.out, "bench_ssm.json"), rows)
 
     def cell(r, key):
         return "skipped" if "skipped" in r else f"{r[key]:.1f}" if isinstance(r[key], float) else str(r[key])

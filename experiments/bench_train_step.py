@@ -15,7 +15,6 @@ import os
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
 
 import argparse
-import json
 import time
 
 import jax
@@ -27,6 +26,7 @@ from jaxgen import data as data_lib
 from jaxgen import tasks
 from jaxgen.train import mesh as mesh_lib
 from jaxgen.train.loop import sharded_train_step
+from experiments._report import prepare_out, write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -108,9 +108,8 @@ def main(argv=None):
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bench_train_step.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+    prepare_out(args.out)
+    write_json(os.path.join(args.out, "bench_train_step.json"), rows)
 
 
 if __name__ == "__main__":

@@ -41,13 +41,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import math
 import os
 import tempfile
 import time
 
 import numpy as np
+from experiments._report import prepare_out, save_figure, write_json, write_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -175,7 +175,7 @@ def plot(rows, curves, out_dir: str) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "fsq_vs_vq.png"), dpi=100)
+    save_figure(fig, os.path.join(out_dir, "fsq_vs_vq.png"), dpi=100)
     plt.close(fig)
 
     sizes = sorted({k for (_, k) in curves})
@@ -191,7 +191,7 @@ def plot(rows, curves, out_dir: str) -> None:
     axes[0][0].set_ylabel("training recon MSE (one line per seed)")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "fsq_vs_vq_curves.png"), dpi=100)
+    save_figure(fig, os.path.join(out_dir, "fsq_vs_vq_curves.png"), dpi=100)
     plt.close(fig)
 
 
@@ -201,7 +201,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--out", default=os.path.join(ROOT, "experiments", "results"))
     args = parser.parse_args(argv)
     enable_compilation_cache()
-    os.makedirs(args.out, exist_ok=True)
+    prepare_out(args.out)
     sizes = (SIZES[0], SIZES[2], SIZES[4]) if args.quick else SIZES
     seeds = (0,) if args.quick else (0, 1)
     steps = 300 if args.quick else 1000
@@ -218,11 +218,10 @@ def main(argv=None) -> list[dict]:
             curves[(method, math.prod(levels))] = [curve(r[1], "recon_mse") for r in runs]
     table = markdown(rows)
     print(table)
-    with open(os.path.join(args.out, "fsq_vs_vq.json"), "w") as f:
-        json.dump(rows, f, indent=1)
-    with open(os.path.join(args.out, "fsq_vs_vq.md"), "w") as f:
-        f.write(f"FSQ vs VQ on 8x8 digits ({steps} steps, batch {batch_size}, seeds {list(seeds)}; "
-                f"`python -m experiments.fsq_vs_vq{' --quick' if args.quick else ''}`)\n\n{table}\n")
+    write_json(os.path.join(args.out, "fsq_vs_vq.json"), rows)
+    write_text(os.path.join(args.out, "fsq_vs_vq.md"),
+               f"FSQ vs VQ on 8x8 digits ({steps} steps, batch {batch_size}, seeds {list(seeds)}; "
+               f"`python -m experiments.fsq_vs_vq{' --quick' if args.quick else ''}`)\n\n{table}\n")
     plot(rows, curves, args.out)
     return rows
 

@@ -23,7 +23,6 @@ hippo_approximation_sampling_rate.png.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -38,6 +37,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxgen.ssm import discretize, hippo, legs_step  # noqa: E402
+from experiments._report import prepare_out, save_figure, write_json  # noqa: E402
 
 METHODS = ("forward_euler", "backward_euler", "bilinear", "zoh")
 SIGNALS = ("smooth", "noisy", "piecewise")
@@ -114,7 +114,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="smaller grid (< 5 min on 2 CPU cores)")
     p.add_argument("--out", default="experiments/results")
     args = p.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+    prepare_out(args.out)
     t_start = time.time()
 
     L = 1000 if args.quick else 2000
@@ -165,8 +165,7 @@ def main(argv=None):
             rows.append(r)
             rate_rows.append(r)
 
-    with open(os.path.join(args.out, "hippo_approximation.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+    write_json(os.path.join(args.out, "hippo_approximation.json"), rows)
 
     # tables
     print(f"\n### Reconstruction error vs N (relative RMS, L = {L}, LegT window theta = {THETA})\n")
@@ -212,7 +211,7 @@ def main(argv=None):
     axes[0, 0].legend(fontsize=8)
     fig.suptitle(f"Online reconstruction error at t = 1 (L = {L} samples; diverged capped at {DIVERGED:g})")
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "hippo_approximation_error_vs_N.png"), dpi=110)
+    save_figure(fig, os.path.join(args.out, "hippo_approximation_error_vs_N.png"), dpi=110)
     plt.close(fig)
 
     N_show = 32 if 32 in Ns else 16
@@ -235,7 +234,7 @@ def main(argv=None):
     axes[0, 0].legend(fontsize=7)
     axes[1, 0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "hippo_approximation_reconstruction.png"), dpi=110)
+    save_figure(fig, os.path.join(args.out, "hippo_approximation_reconstruction.png"), dpi=110)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -248,7 +247,7 @@ def main(argv=None):
     ax.set_title(f"Sampling rate (smooth, N={N_rate}, bilinear)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "hippo_approximation_sampling_rate.png"), dpi=110)
+    save_figure(fig, os.path.join(args.out, "hippo_approximation_sampling_rate.png"), dpi=110)
     plt.close(fig)
     print(f"\nwrote {args.out}/hippo_approximation.json and 3 figures in {time.time() - t_start:.0f}s")
 

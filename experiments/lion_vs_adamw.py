@@ -35,12 +35,12 @@ under load ~12); --quick about 2 CPU-minutes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import numpy as np
 
 from experiments.fsq_vs_vq import enable_compilation_cache, final_loss, load_config, train_and_read
+from experiments._report import prepare_out, save_figure, write_json, write_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -154,7 +154,7 @@ def plot_sweep(sweep: list[dict], out_dir: str) -> None:
         ax.set_title({"adamw": "AdamW", "lion": "Lion"}[name])
     fig.suptitle(f"FSQ autoencoder on digits, {sweep[0]['steps']} steps: held-out reconstruction MSE")
     fig.colorbar(im, ax=axes, shrink=0.8)
-    fig.savefig(os.path.join(out_dir, "lion_vs_adamw_sweep.png"), dpi=100, bbox_inches="tight")
+    save_figure(fig, os.path.join(out_dir, "lion_vs_adamw_sweep.png"), dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -164,7 +164,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--out", default=os.path.join(ROOT, "experiments", "results"))
     args = parser.parse_args(argv)
     enable_compilation_cache()
-    os.makedirs(args.out, exist_ok=True)
+    prepare_out(args.out)
     seeds = (0,) if args.quick else (0, 1)
     rows = []
     for task, (_, _, (lr0, wd0), _, (full_steps, quick_steps)) in TASKS.items():
@@ -187,15 +187,14 @@ def main(argv=None) -> list[dict]:
                 print(f"sweep {name} lr={lr:.2g} wd={wd:.2g}: recon_mse {r['quality']:.4f}", flush=True)
     table = markdown(rows)
     print(table)
-    with open(os.path.join(args.out, "lion_vs_adamw.json"), "w") as f:
-        json.dump([dict(r, setting="recipe") for r in rows] + sweep, f, indent=1)
+    write_json(os.path.join(args.out, "lion_vs_adamw.json"), [dict(r, setting="recipe") for r in rows] + sweep)
     sweep_table = "\n".join(
         ["| optimizer | lr | wd | recon_mse |", "|---|---|---|---|"]
         + [f"| {r['method']} | {r['learning_rate']:.2g} | {r['weight_decay']:.2g} | {r['quality']:.4f} |" for r in sweep])
-    with open(os.path.join(args.out, "lion_vs_adamw.md"), "w") as f:
-        f.write(f"Lion vs AdamW (`python -m experiments.lion_vs_adamw{' --quick' if args.quick else ''}`, "
-                f"seeds {list(seeds)}; mean ± std over seeds)\n\n{table}\n\n"
-                f"Sweep on the FSQ autoencoder ({sweep_steps} steps, seed 0): held-out recon MSE\n\n{sweep_table}\n")
+    write_text(os.path.join(args.out, "lion_vs_adamw.md"),
+               f"Lion vs AdamW (`python -m experiments.lion_vs_adamw{' --quick' if args.quick else ''}`, "
+               f"seeds {list(seeds)}; mean ± std over seeds)\n\n{table}\n\n"
+               f"Sweep on the FSQ autoencoder ({sweep_steps} steps, seed 0): held-out recon MSE\n\n{sweep_table}\n")
     plot_sweep(sweep, args.out)
     return rows
 

@@ -49,7 +49,8 @@ import numpy as np  # noqa: E402
 
 from jaxgen import diffusion as D  # noqa: E402
 from jaxgen.diffusion import amed  # noqa: E402
-from experiments._report import digits_model, markdown_table as _table, sample_quality, write_rows  # noqa: E402
+from experiments._report import digits_model, markdown_table as _table, prepare_out, sample_quality, save_figure  # noqa: E402
+from experiments._report import write_rows  # noqa: E402
 
 ODE = ("euler", "heun", "dpm2", "amed")
 
@@ -161,7 +162,7 @@ def _figure(rows, path):
         ax.minorticks_off()
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -174,7 +175,7 @@ def main(argv=None):
     ap.add_argument("--settings", default=None, help="comma-separated subset of oracle-2d,oracle-16d,digits to run; "
                     "the other settings' rows already in the results file are kept")
     args = ap.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+    prepare_out(args.out)
     settings = (args.settings or "oracle-2d,oracle-16d" + (",digits" if args.digits else "")).split(",")
     nfes = [5, 10] if args.quick else [3, 4, 5, 6, 8, 10, 15, 20, 30, 50]
     n = 2000 if args.quick else 5000

@@ -22,7 +22,6 @@ Figure: score_matching.png (gradient-variance ratio vs t; ESM - DSM per model).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -38,7 +37,7 @@ from flax import nnx  # noqa: E402
 
 from jaxgen import diffusion as D  # noqa: E402
 from jaxgen.nets import MLPDenoiser  # noqa: E402
-from experiments._report import markdown_table as _table  # noqa: E402
+from experiments._report import prepare_out, save_figure, write_json, markdown_table as _table  # noqa: E402
 
 P = D.ContinuousVP()
 
@@ -184,7 +183,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="experiments/results")
     args = ap.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+    prepare_out(args.out)
     t0 = time.time()
     gm = D.oracle_2d()
     key = jax.random.key(0)
@@ -196,8 +195,7 @@ def main(argv=None):
                                      1024 if args.quick else 4096, jax.random.fold_in(key, 3))
     rows_ll = likelihood_rows(gm, 64 if args.quick else 256, jax.random.fold_in(key, 4))
     rows = rows_id + rows_min + rows_gv + rows_ll
-    with open(os.path.join(args.out, "score_matching.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+    write_json(os.path.join(args.out, "score_matching.json"), rows)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     axes[0].plot([r["t"] for r in rows_gv], [r["ratio"] for r in rows_gv], marker="o")
@@ -213,7 +211,7 @@ def main(argv=None):
     axes[1].set(ylabel="(ESM - DSM) - constant  (±2 se)", title="ESM - DSM is model independent")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "score_matching.png"), dpi=120)
+    save_figure(fig, os.path.join(args.out, "score_matching.png"), dpi=120)
     plt.close(fig)
 
     print(_table(rows_id, ["method", "model", "setting", "esm", "dsm", "esm_minus_dsm", "se", "constant"]))

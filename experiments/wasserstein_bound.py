@@ -17,7 +17,6 @@ Figure: wasserstein_bound.png (bound vs W2, log-log, with the diagonal).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -28,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxgen.diffusion import wasserstein as W  # noqa: E402
-from experiments._report import markdown_table as _table  # noqa: E402
+from experiments._report import prepare_out, save_figure, write_json, markdown_table as _table  # noqa: E402
 
 
 def _models(m0, S0, beta_max, rng, ns):
@@ -51,7 +50,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="experiments/results")
     args = ap.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+    prepare_out(args.out)
     t0 = time.time()
     rng = np.random.default_rng(0)
     points = 801 if args.quick else 4001
@@ -67,8 +66,7 @@ def main(argv=None):
                                  score_term=r["score_term"], prior_term=r["prior_term"], I_T=r["I_T"],
                                  ratio=r["bound"] / r["w2"] if r["w2"] > 0 else None,
                                  holds=bool(r["bound"] >= r["w2"] - 1e-7)))  # 1e-7: the moment-ODE tolerance
-    with open(os.path.join(args.out, "wasserstein_bound.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+    write_json(os.path.join(args.out, "wasserstein_bound.json"), rows)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for setting in dict.fromkeys(r["setting"] for r in rows):
         rs = [r for r in rows if r["setting"] == setting and r["w2"] > 1e-8]
@@ -79,7 +77,7 @@ def main(argv=None):
     ax.set(xscale="log", yscale="log", xlabel="W2(p0, q0)", ylabel="bound", title="Kwon et al. bound (closed form)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "wasserstein_bound.png"), dpi=120)
+    save_figure(fig, os.path.join(args.out, "wasserstein_bound.png"), dpi=120)
     plt.close(fig)
     print(_table(rows, ["method", "setting", "w2", "bound", "score_term", "prior_term", "I_T", "ratio", "holds"]))
     print(f"\nbound holds in {sum(r['holds'] for r in rows)}/{len(rows)} rows (total {time.time() - t0:.0f} s)")

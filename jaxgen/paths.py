@@ -15,7 +15,7 @@ API (all take ``str | os.PathLike``):
   file is written to a temporary file and renamed over the target; a GCS object upload is atomic);
   ``open(p, mode)`` for streaming; ``remove``, ``rmtree``, ``copy``, ``replace``.
 - ``check_writable(p, what)``: raises ``ValueError`` with one line naming the URL when the
-  directory (or its bucket) does not exist or cannot be written; creates a missing local dir.
+  directory (or its bucket) does not exist or cannot be written; creates nothing.
 - ``save_figure(fig, p)`` (matplotlib), ``stage(p, local_dir)`` (copy a remote tree to local disk
   once, for readers that only take local files).
 
@@ -170,8 +170,9 @@ def replace(src: PathLike, dst: PathLike) -> None:
 def check_writable(p: PathLike, what: str = "directory") -> None:
     """Raise ValueError (one line naming `p`) unless `p` is, or can become, a writable directory.
 
-    A local directory is created if missing. For gs:// the bucket must exist and a probe object
-    must be writable (it is deleted again); nothing else is created.
+    Leaves nothing behind: an existing directory (local, or a gs:// prefix whose bucket must exist)
+    gets a probe file written and deleted; a missing local directory is checked through its nearest
+    existing ancestor, which must be a writable directory (the directory itself is not created here).
     """
     s = os.fspath(p)
     if not s:
@@ -180,8 +181,16 @@ def check_writable(p: PathLike, what: str = "directory") -> None:
     if not is_remote(s):
         if os.path.exists(s) and not os.path.isdir(s):
             raise ValueError(f"{what} '{s}' exists and is not a directory")
+        if not os.path.exists(s):
+            ancestor = os.path.dirname(os.path.abspath(s))
+            while not os.path.exists(ancestor):
+                ancestor = os.path.dirname(ancestor)
+            if not os.path.isdir(ancestor):
+                raise ValueError(f"{what} '{s}' cannot be created: '{ancestor}' is not a directory")
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                raise ValueError(f"{what} '{s}' cannot be created: '{ancestor}' is not writable")
+            return
         try:
-            os.makedirs(s, exist_ok=True)
             with io.open(probe, "wb"):
                 pass
             os.unlink(probe)

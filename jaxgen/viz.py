@@ -1,10 +1,11 @@
-"""Figures: image grids (generated beside real) and 2-D scatter plots, written as PNG."""
+"""Figures: image grids (generated beside real) and 2-D scatter plots, written as PNG (to a local path
+or a gs:// URL, through `jaxgen.paths`)."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
+
+from jaxgen import paths
 
 
 def image_grid(images: np.ndarray, ncols: int | None = None, pad: int = 1) -> np.ndarray:
@@ -34,7 +35,6 @@ def save_samples_figure(path: str, generated: np.ndarray, real: np.ndarray, titl
     """Generated samples (left) beside real data (right): images (the first `max_images` of each, in grids
     of `ncols` columns; None: all, square grid) or 2-D points."""
     plt = _figure()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(10, 5))
     for ax, x, name in zip(axes, (generated, real), ("generated", "real")):
         x = np.asarray(x)
@@ -50,5 +50,5 @@ def save_samples_figure(path: str, generated: np.ndarray, real: np.ndarray, titl
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    paths.save_figure(fig, path, dpi=100)
     plt.close(fig)

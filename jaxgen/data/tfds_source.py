@@ -12,10 +12,21 @@ celeb_a's defaults (crop 140, resize 64) give the usual CelebA 64x64 faces.
 
 Reading needs the data set prepared in ArrayRecord format; preparing it (download + conversion)
 needs TensorFlow and is done once, elsewhere (see ``DatasetNotPreparedError``).
+
+A ``data_dir`` on gs:// is staged: ArrayRecord's reader does not go through fsspec/gcsfs (against
+a GCS emulator it never returned), so the prepared version folder of the data set
+(``<data_dir>/<name>/<version>/``) is copied once per host, through ``jaxgen.paths``, to
+``$JAXGEN_STAGE_DIR/<bucket>/<path>`` (default ``~/.cache/jaxgen/staged``) and read from there.
+Files already staged with the right size are not copied again; each file is renamed into place only
+when complete, so processes sharing a host can stage concurrently.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+from jaxgen import paths
 
 
 class DatasetNotPreparedError(FileNotFoundError, ValueError):
@@ -48,6 +59,32 @@ def _how_to_prepare(name: str, data_dir: str | None, expected_at: str) -> str:
         f"'{name}/<version>' folder of ArrayRecord files there; then set config.data.data_dir (or TFDS_DATA_DIR) "
         f"to that root."
     )
+
+
+def stage_dir() -> str:
+    """Local root for staged remote data sets: $JAXGEN_STAGE_DIR, else ~/.cache/jaxgen/staged."""
+    return os.environ.get("JAXGEN_STAGE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "jaxgen", "staged")
+
+
+def staged_data_dir(name: str, data_dir: str | None) -> str | None:
+    """``data_dir`` itself when local (or None); for a gs:// URL, a local root holding a copy of the prepared
+    data set ``name`` (its version folder only), staged on first use."""
+    if data_dir is None or not paths.is_remote(data_dir):
+        return data_dir
+    import tensorflow_datasets as tfds
+
+    remote_root = data_dir.rstrip("/")
+    try:
+        remote_version = os.fspath(tfds.builder(name, data_dir=remote_root).data_dir)  # metadata via gcsfs
+    except Exception as e:  # noqa: BLE001 - a missing bucket, no access: one line for the user
+        raise ValueError(f"data.data_dir={data_dir!r}: cannot read tfds data set {name!r} there "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if not paths.exists(remote_version):
+        return data_dir  # not prepared: _open says how to prepare it
+    local_root = os.path.join(stage_dir(), remote_root.split("://", 1)[1])
+    rel = os.path.relpath(remote_version.split("://", 1)[1], remote_root.split("://", 1)[1])
+    paths.stage(remote_version, os.path.join(local_root, rel))
+    return local_root
 
 
 def _open(builder, name: str, split: str, data_dir: str | None):
@@ -83,6 +120,7 @@ class TfdsSplit:
 
         self.name, self.split = name, split
         self.image_size, self.center_crop = image_size, center_crop
+        data_dir = staged_data_dir(name, data_dir)
         builder = tfds.builder(name, data_dir=data_dir)
         features = builder.info.features
         if "image" not in features:

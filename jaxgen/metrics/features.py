@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -20,8 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx, serialization
 
+from jaxgen import paths
 from jaxgen.nets.classifier import Classifier
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,9 @@ class ClassifierFeatures:
         return self._batched(self._logits, images_BHWC)
 
 
-def default_cache_dir() -> Path:
-    """$JAXGEN_CACHE, else ~/.cache/jaxgen."""
-    return Path(os.environ.get("JAXGEN_CACHE") or Path.home() / ".cache" / "jaxgen")
+def default_cache_dir() -> epath.Path:
+    """$JAXGEN_CACHE (a local path or a gs:// URL), else ~/.cache/jaxgen."""
+    return paths.path(os.environ.get("JAXGEN_CACHE") or Path.home() / ".cache" / "jaxgen")
 
 
 def _data_hash(arrays, settings: dict) -> str:
@@ -99,22 +100,6 @@ def _load_params(model, flat: dict) -> bool:
         new.append(jnp.asarray(arr, leaf.dtype))
     nnx.update(model, jax.tree.unflatten(treedef, new))
     return True
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _check_images(name, images, labels):
@@ -201,13 +186,13 @@ def classifier_features(dataset_name: str, train_images, train_labels, test_imag
                     learning_rate=learning_rate, seed=seed, num_classes=num_classes)
     digest = _data_hash([xtr, ytr, xte, yte], settings)
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset_name)
-    path = Path(cache_dir or default_cache_dir()) / f"classifier_{safe}_{digest}.msgpack"
+    path = paths.join(cache_dir or default_cache_dir(), f"classifier_{safe}_{digest}.msgpack")
 
     _, size, _, channels = xtr.shape
     model = Classifier(channels, num_classes, size, width, rngs=nnx.Rngs(seed))
-    if path.exists():
+    if paths.exists(path):
         try:
-            blob = serialization.msgpack_restore(path.read_bytes())
+            blob = serialization.msgpack_restore(paths.read_bytes(path))
             if _load_params(model, blob["params"]):
                 acc = float(blob["test_accuracy"])
                 log.info("classifier for %s loaded from %s (test accuracy %.4f)",
@@ -223,7 +208,7 @@ def classifier_features(dataset_name: str, train_images, train_labels, test_imag
     extractor.test_accuracy = acc
     blob = {"params": _flat_params(model), "test_accuracy": acc,
             "dataset_name": dataset_name, "settings": json.dumps(settings)}
-    _atomic_write(path, serialization.msgpack_serialize(blob))
+    paths.write_bytes(path, serialization.msgpack_serialize(blob))  # whole file or nothing
     log.info("classifier for %s trained, test accuracy %.4f, cached at %s",
              dataset_name, acc, path)
     return extractor, acc

@@ -36,7 +36,7 @@ import numpy as np
 from flax import nnx
 
 from jaxgen import data as data_lib
-from jaxgen import viz
+from jaxgen import paths, viz
 from jaxgen import config as config_lib
 from jaxgen.config import ConfigError
 from jaxgen.metrics.codebook import codebook_usage, perplexity
@@ -217,14 +217,13 @@ def save_reconstructions_figure(path: str, originals: np.ndarray, reconstruction
             pair = [np.concatenate([p, np.full((pad,) + p.shape[1:], -1.0, p.dtype)]) for p in pair]
         rows.extend(pair)
     grid = viz.image_grid(np.concatenate(rows), ncols=ncols)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig, ax = plt.subplots(figsize=(max(6, ncols * 0.6), max(2, len(rows) * 0.6) + 0.6))
     ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray" if grid.shape[-1] == 1 else None,
               interpolation="nearest")
     ax.axis("off")
     ax.set_title((title + "\n" if title else "") + "odd rows: originals, even rows: reconstructions", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    paths.save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -232,7 +231,6 @@ def save_code_usage_figure(path: str, counts: np.ndarray, title: str = "") -> No
     """Count of each code index (left) and the counts sorted in decreasing order, log scale (right)."""
     plt = _pyplot()
     counts = np.asarray(counts)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     axes[0].stairs(counts, np.arange(len(counts) + 1), fill=True)  # one path: fast for 2^14 codes
     axes[0].set_xlabel("code index")
@@ -245,7 +243,7 @@ def save_code_usage_figure(path: str, counts: np.ndarray, title: str = "") -> No
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    paths.save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

@@ -41,7 +41,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from jaxgen import data as data_lib
-from jaxgen import diffusion, metrics, viz
+from jaxgen import diffusion, metrics, paths, viz
 from jaxgen.config import ConfigError
 from jaxgen.optim import make_optimizer
 from jaxgen.tasks import Task
@@ -390,24 +390,22 @@ def _replicated_like(tree):
 
 def _cached_gamma(path, timesteps, estimate):
     """Gamma at `timesteps` from the JSON cache at `path`, or estimated and written there."""
-    if os.path.exists(path):
-        with open(path) as f:
-            cached = json.load(f)
+    if paths.exists(path):
+        cached = json.loads(paths.read_text(path))
         if cached["timesteps"] == [int(t) for t in timesteps]:
             return np.asarray(cached["gamma"])
     gamma = estimate()
     if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump({"timesteps": [int(t) for t in timesteps], "gamma": [float(g) for g in gamma]}, f)
+        paths.write_text(path, json.dumps({"timesteps": [int(t) for t in timesteps],
+                                           "gamma": [float(g) for g in gamma]}))
     return gamma
 
 
 def _cached_pytree(path, abstract, fit):
     """The pytree orbax-saved at `path` (restored onto `abstract`'s structure), or fit() saved there."""
-    path = os.path.abspath(path)
+    path = paths.absolute(path)  # orbax wants an absolute local path; a URL stays a URL
     with ocp.StandardCheckpointer() as checkpointer:
-        if os.path.exists(path):
+        if paths.exists(path):
             return checkpointer.restore(path, abstract)
         value = fit()
         checkpointer.save(path, value)

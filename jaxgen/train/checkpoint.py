@@ -18,7 +18,7 @@ from jaxgen import paths
 
 class Checkpointer:
     def __init__(self, directory: str, keep: int | None):
-        self.directory = os.path.abspath(directory)
+        self.directory = paths.absolute(directory)  # a gs:// URL stays a URL
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True),

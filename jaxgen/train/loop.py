@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import data as data_lib
+from jaxgen import paths
 from jaxgen import tasks as tasks_lib
 from jaxgen.config import ConfigError
 from jaxgen.train import mesh as mesh_lib
@@ -83,18 +84,16 @@ class _SigtermFlag:
 def _write_config(config, workdir: str) -> None:
     if jax.process_index() != 0:
         return
-    path = os.path.join(workdir, "config.json")
+    path = paths.join(workdir, "config.json")
     text = config.to_json_best_effort(indent=2, sort_keys=True)
-    if os.path.exists(path):
-        with open(path) as f:
-            if f.read() == text:
-                return
+    if paths.exists(path):
+        if paths.read_text(path) == text:
+            return
         n = 1
-        while os.path.exists(os.path.join(workdir, f"config.prev{n}.json")):
+        while paths.exists(paths.join(workdir, f"config.prev{n}.json")):
             n += 1
-        os.replace(path, os.path.join(workdir, f"config.prev{n}.json"))  # keep what the workdir had
-    with open(path, "w") as f:
-        f.write(text)
+        paths.replace(path, paths.join(workdir, f"config.prev{n}.json"))  # keep what the workdir had
+    paths.write_text(path, text)
 
 
 class _Progress:
@@ -175,8 +174,8 @@ def _train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
     except ValueError as e:  # unknown dataset, tfds data not prepared, batch not divisible by processes
         raise ConfigError(str(e)) from None
     resume_step = workdir_lib.prepare_resume(config, workdir, primary=jax.process_index() == 0, abstract=abstract)
-    os.makedirs(workdir, exist_ok=True)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints)
+    paths.makedirs(workdir)
+    ckpt = Checkpointer(paths.join(workdir, "checkpoints"), config.train.keep_checkpoints)
     writer = MetricWriter(workdir)
 
     start = ckpt.latest_step
@@ -228,6 +227,7 @@ def _train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
     def save(step: int) -> None:
         nonlocal last_saved
         flush(step)  # never checkpoint a state whose window had a non-finite value
+        writer.sync()  # the rows up to this checkpoint are durable before it is
         ckpt.save(step, state, iterator)
         last_saved = step
 
@@ -269,6 +269,6 @@ def _train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
         writer.close()
         ckpt.close()
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
-            json.dump({k: (v.item() if hasattr(v, "item") else v) for k, v in final_metrics.items()}, f, indent=2)
+        paths.write_text(paths.join(workdir, "final_metrics.json"), json.dumps(
+            {k: (v.item() if hasattr(v, "item") else v) for k, v in final_metrics.items()}, indent=2))
     return final_metrics
