@@ -149,6 +149,16 @@ def test_sample_and_score_streams_batches_and_resumes():
         np.testing.assert_array_equal(resumed[k], v)
 
 
+def test_quantize_8bit_is_a_png_round_trip():
+    x = np.random.default_rng(10).uniform(-1.2, 1.2, (4, 5, 5, 3)).astype(np.float32)
+    png = np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)  # what a PNG would hold
+    np.testing.assert_allclose(np.asarray(fid.quantize_8bit(x)), png / 127.5 - 1.0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(fid.quantize_8bit((x + 1) / 2, (0, 1))), png / 255.0,
+                               atol=1e-6)
+    data_x = png.astype(np.float32) / np.float32(127.5) - np.float32(1.0)  # jaxgen.data's images
+    np.testing.assert_allclose(np.asarray(fid.quantize_8bit(data_x)), data_x, atol=1e-6)
+
+
 class _PixelFeatures:
     """A cheap stand-in extractor: the first 16 pixels values, in input range (0, 1)."""
 

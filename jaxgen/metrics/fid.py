@@ -226,6 +226,14 @@ def _check_stats(mu, sigma, where: str) -> None:
 # Features of image batches, sharded over local devices
 
 
+def quantize_8bit(x, input_range=(-1.0, 1.0)):
+    """Round images to the 256 levels of an 8-bit file: with (lo, hi) = input_range,
+    p = clip(round((x - lo) 255 / (hi - lo)), 0, 255) and x' = lo + p (hi - lo) / 255."""
+    lo, hi = (float(v) for v in input_range)
+    p = jnp.clip(jnp.round((x - lo) * (255.0 / (hi - lo))), 0.0, 255.0)
+    return p * ((hi - lo) / 255.0) + lo
+
+
 class InceptionExtractor:
     """Jitted FID Inception-v3 over a 1-D mesh of local devices: images -> (pool3, IS logits).
 
@@ -259,8 +267,7 @@ class InceptionExtractor:
 
         def forward(state, x):
             if do_quantize:
-                x = jnp.clip(jnp.round((x - lo) * (255.0 / (hi - lo))), 0.0, 255.0)
-                x = x * ((hi - lo) / 255.0) + lo
+                x = quantize_8bit(x, (lo, hi))
             m = nnx.merge(graphdef, state)
             pool3, logits = m(x)
             return dict(pool3=pool3, logits=logits, logits_unbiased=m.logits_unbiased(pool3))
