@@ -155,6 +155,8 @@ def test_mock_tfds_data_needs_no_files(tmp_path):
     assert -1 <= batch["x"].min() and batch["x"].max() <= 1 and batch["x"].std() > 0.1
     assert batch["label"].dtype == np.int32 and np.all((0 <= batch["label"]) & (batch["label"] < 10))
     assert os.listdir(tmp_path) == []
+    cfg.data_dir = "gs://no-such-bucket/tfds"  # mock data never reads (or stages) the data dir
+    assert data_lib.dataset_info(cfg).shape == (32, 32, 3)
 
 
 def test_mock_is_refused_for_bundled_data():

@@ -160,17 +160,18 @@ def _open_split(cfg: ml_collections.ConfigDict, split: str):
         return _ArraySplit(toy_lib.toy_split(cfg.name, split, cfg.num_examples))
     from jaxgen.data import tfds_source
 
-    def open_tfds():
-        return tfds_source.TfdsSplit(cfg.name, split, data_dir=cfg.data_dir, image_size=cfg.image_size,
+    def open_tfds(data_dir):
+        return tfds_source.TfdsSplit(cfg.name, split, data_dir=data_dir, image_size=cfg.image_size,
                                      center_crop=cfg.center_crop)
 
     if not cfg.mock:
-        return open_tfds()
+        return open_tfds(cfg.data_dir)
     import tensorflow_datasets as tfds
 
     # The mocked source keeps generating its records after the context exits; train and test are the same.
+    # data_dir is not read (nor staged from gs://) for mock data.
     with tfds.testing.mock_data(num_examples=min(MOCK_EXAMPLES, cfg.max_examples or MOCK_EXAMPLES)):
-        return open_tfds()
+        return open_tfds(None)
 
 
 def _capped_len(split_obj, max_examples: int | None) -> int:
