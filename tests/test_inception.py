@@ -73,9 +73,11 @@ def test_resize_equals_torch_bilinear(in_hw):
 
 def test_reader_both_torch_formats_and_views(tmp_path):
     base = torch.randn(4, 6)
-    sd = collections.OrderedDict(w=torch.randn(3, 2, 5), t=base.t(), sl=base[1:3, 2:],
-                                 n=torch.arange(7), h=torch.randn(3).half(),
-                                 p=torch.nn.Parameter(torch.randn(2, 2)))
+    # A module's state dict (an OrderedDict with _metadata, int64 num_batches_tracked), plus views
+    # sharing one storage, other dtypes and a Parameter.
+    sd = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)).state_dict()
+    sd.update(w=torch.randn(3, 2, 5), t=base.t(), sl=base[1:3, 2:], n=torch.arange(7),
+              h=torch.randn(3).half(), p=torch.nn.Parameter(torch.randn(2, 2)))
     for legacy in (False, True):
         path = tmp_path / f"sd_{legacy}.pth"
         torch.save(sd, path, _use_new_zipfile_serialization=not legacy)
