@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-__all__ = ["is_traced", "number", "optional_number", "one_of", "values", "describe", "finite"]
+__all__ = ["is_traced", "number", "optional_number", "one_of", "values", "describe", "finite", "shape_tuple"]
 
 
 def is_traced(*xs) -> bool:
@@ -54,7 +54,7 @@ def number(name: str, value: Any, *, integer: bool = False, low=None, high=None,
     Rejects bools, strings, non-scalars, NaN and infinities, non-integers when `integer`, and values
     outside the range; the message is f"{name} must be {accepted}, got {value!r}".
     """
-    if is_traced(value):
+    if is_traced(value, low, high):
         return value
     accepted = accepted or describe(integer, low, high, low_open, high_open)
     shown = value.item() if getattr(value, "shape", None) == () and hasattr(value, "item") else value
@@ -94,13 +94,24 @@ def one_of(name: str, value: Any, options) -> Any:
     return value
 
 
+def shape_tuple(name: str, shape: Any) -> tuple[int, ...]:
+    """A static array shape: a non-empty tuple / list of integers >= 1."""
+    ok = isinstance(shape, (tuple, list)) and len(shape) >= 1 and all(
+        isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) and d >= 1 for d in shape)
+    if not ok:
+        raise ValueError(f"{name} must be a non-empty tuple of integers >= 1 (batch first), got {shape!r}")
+    return tuple(int(d) for d in shape)
+
+
 def _first_bad(a: np.ndarray, ok: np.ndarray) -> str:
     idx = tuple(int(i) for i in np.argwhere(~ok)[0])
-    n_bad = int(np.sum(~ok))
-    where = f" at index {idx}" if a.ndim else ""
-    more = f" ({n_bad} of {a.size} entries bad, shape {a.shape})" if a.ndim else ""
     v = a[idx]
-    return f"{v.item() if hasattr(v, 'item') else v!r}{where}{more}"
+    v = v.item() if hasattr(v, "item") else v
+    if not a.ndim:
+        return repr(v)
+    if a.size <= 8:
+        return f"{a.tolist()} (entry {v!r} at index {idx})"
+    return f"{v!r} at index {idx} ({int(np.sum(~ok))} of {a.size} entries bad, shape {a.shape})"
 
 
 def values(name: str, x: Any, ok: Callable[[Any, Any], Any], accepted: str, *, validate: bool | None = None) -> None:
@@ -122,7 +133,9 @@ def values(name: str, x: Any, ok: Callable[[Any, Any], Any], accepted: str, *, v
     try:
         a = np.asarray(x)
         if a.dtype.kind not in "biufc":
-            raise TypeError(a.dtype)
+            if not jnp.issubdtype(a.dtype, jnp.floating):  # bf16 / fp8 (ml_dtypes) are floats too
+                raise TypeError(a.dtype)
+            a = a.astype(np.float32)
         good = np.asarray(ok(np, a), bool)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be {accepted}, got {x!r}") from None

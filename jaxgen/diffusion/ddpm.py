@@ -12,6 +12,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from jaxgen import _checks
 from jaxgen.diffusion.processes import DiscreteVP, _bcast
 
 Array = Any
@@ -22,12 +23,23 @@ __all__ = ["q_sample", "ddpm_loss", "ddpm_sample", "ddpm_posterior", "VARIANCES"
 VARIANCES = ("beta", "beta_tilde")
 
 
-def q_sample(schedule: DiscreteVP, x0: Array, i: Array, eps: Array) -> Array:
+def _check_steps(schedule: DiscreteVP, i, low: int, validate) -> None:
+    """Integer steps in [low, T]. Concrete i: ValueError; traced i: unchecked unless validate=True (checkify)."""
+    if not jnp.issubdtype(jnp.result_type(i), jnp.integer):
+        raise ValueError(f"i must be integer steps in [{low}, {schedule.num_steps}], got dtype {jnp.result_type(i)}")
+    T = schedule.num_steps
+    _checks.values("i", i, lambda xp, v: (v >= low) & (v <= T), f"integer steps in [{low}, {T}]", validate=validate)
+
+
+def q_sample(schedule: DiscreteVP, x0: Array, i: Array, eps: Array, *, validate: bool | None = None) -> Array:
     """Forward noising x_i = sqrt(abar_i) x0 + sqrt(1 - abar_i) eps.
 
     x0, eps: [B, ...]; i: integer steps [B] in {0, ..., T} (0 returns x0) or a scalar.
+    A concrete i outside [0, T] raises ValueError. Under jit (traced i) it is not checked unless
+    validate=True (checkify): jnp indexing then clamps i > T to T and wraps negative i from the end.
     """
     chex.assert_equal_shape([x0, eps])
+    _check_steps(schedule, i, 0, validate)
     i = jnp.asarray(i)
     if i.ndim:
         chex.assert_shape(i, (x0.shape[0],))
@@ -36,13 +48,16 @@ def q_sample(schedule: DiscreteVP, x0: Array, i: Array, eps: Array) -> Array:
     return _bcast(a, x0).astype(x0.dtype) * x0 + _bcast(s, x0).astype(x0.dtype) * eps
 
 
-def ddpm_posterior(schedule: DiscreteVP, x0: Array, x_t: Array, i: Array) -> tuple[Array, Array]:
+def ddpm_posterior(schedule: DiscreteVP, x0: Array, x_t: Array, i: Array, *,
+                   validate: bool | None = None) -> tuple[Array, Array]:
     """q(x_{i-1} | x_i, x0) = N(mean, var I):
 
     mean = beta_i sqrt(abar_{i-1}) / (1 - abar_i) x0 + (1 - abar_{i-1}) sqrt(alpha_i) / (1 - abar_i) x_i,
     var  = beta_tilde_i = beta_i (1 - abar_{i-1}) / (1 - abar_i).   Returns (mean [B, ...], var [B] or scalar).
+    i: integer steps in [1, T]; checked as in `q_sample` (concrete: ValueError; traced: validate=True).
     """
     chex.assert_equal_shape([x0, x_t])
+    _check_steps(schedule, i, 1, validate)
     c0 = _bcast(schedule.posterior_mean_coef_x0[i], x0)
     ct = _bcast(schedule.posterior_mean_coef_xt[i], x0)
     return c0 * x0 + ct * x_t, schedule.posterior_variance[i]
@@ -58,7 +73,7 @@ def ddpm_loss(eps_fn: EpsFn, schedule: DiscreteVP, x0: Array, key: Array) -> Arr
     b = x0.shape[0]
     i = jax.random.randint(k_i, (b,), 1, schedule.num_steps + 1)
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
-    x_t = q_sample(schedule, x0, i, eps)
+    x_t = q_sample(schedule, x0, i, eps, validate=False)  # i in [1, T] by construction
     pred = eps_fn(x_t, schedule.step_to_time(i))
     chex.assert_equal_shape([pred, eps])
     return jnp.mean(jnp.square(eps.astype(jnp.float32) - pred.astype(jnp.float32)))
@@ -94,8 +109,8 @@ def ddpm_sample(
     from the posterior formula (the DDPM reference code clips to [-1, 1] for images in [-1, 1]).
     """
     var = _reverse_variance(schedule, variance)
-    if clip_x0 is not None and not clip_x0 > 0:
-        raise ValueError(f"clip_x0 must be None or a positive number, got {clip_x0!r}")
+    _checks.optional_number("clip_x0", clip_x0, low=0, low_open=True)
+    shape = _checks.shape_tuple("shape", shape)
     b = shape[0]
     k_init, k_loop = jax.random.split(key)
     x_T = jax.random.normal(k_init, shape, dtype)

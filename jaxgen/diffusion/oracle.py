@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen import _checks
 from jaxgen.diffusion.processes import Process, _bcast
 
 Array = Any
@@ -34,10 +35,12 @@ __all__ = ["GaussianMixture", "oracle_2d", "oracle_16d", "oracle_gaussian"]
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class GaussianMixture:
-    """Isotropic Gaussian mixture. weights [K] (positive, normalised here), means [K, D], stds [K] (> 0).
+    """Isotropic Gaussian mixture. weights [K] (finite, > 0; divided by their sum here, so relative weights
+    such as [1, 2, 1] are accepted), means [K, D] (finite), stds [K] or a scalar (finite, > 0).
 
-    Construct with `GaussianMixture(weights, means, stds)`; arrays are validated and stored as float32
-    (or float64 when x64 is enabled and float64 arrays are passed).
+    Construct with `GaussianMixture(weights, means, stds)`; concrete arrays are validated (ValueError naming
+    the argument, the first bad entry and the accepted range) and stored as float32 (or float64 when x64 is
+    enabled and float64 arrays are passed). Traced leaves (the mixture passed through jit) are not checked.
     """
 
     weights: Array
@@ -51,20 +54,19 @@ class GaussianMixture:
             return
         if isinstance(w, jax.core.Tracer) or isinstance(m, jax.core.Tracer) or isinstance(s, jax.core.Tracer):
             return
-        w = np.asarray(w, dtype=np.float64)
-        m = np.asarray(m)
-        s = np.asarray(s, dtype=np.float64)
-        if m.ndim != 2:
-            raise ValueError(f"means must have shape [K, D], got {m.shape}")
+        w, m, s = np.asarray(w), np.asarray(m), np.asarray(s)
+        if m.ndim != 2 or m.shape[0] < 1 or m.shape[1] < 1:
+            raise ValueError(f"means must have shape [K, D] with K, D >= 1, got {m.shape}")
         K = m.shape[0]
         if s.ndim == 0:
-            s = np.full((K,), float(s))
+            s = np.full((K,), s)
         if w.shape != (K,) or s.shape != (K,):
             raise ValueError(f"weights and stds must have shape [K] = [{K}], got {w.shape} and {s.shape}")
-        if not np.all(w > 0):
-            raise ValueError("weights must be positive")
-        if not np.all(s > 0):
-            raise ValueError("stds must be positive")
+        positive = lambda xp, v: xp.isfinite(v) & (v > 0)  # noqa: E731
+        _checks.values("weights", w, positive, "finite and > 0 (normalised to sum 1 here)")
+        _checks.values("means", m, _checks.finite, "finite")
+        _checks.values("stds", s, positive, "finite and > 0")
+        w, s = w.astype(np.float64), s.astype(np.float64)
         dtype = jnp.float64 if (m.dtype == np.float64 and jax.config.jax_enable_x64) else jnp.float32
         object.__setattr__(self, "weights", jnp.asarray(w / w.sum(), dtype))
         object.__setattr__(self, "means", jnp.asarray(m, dtype))
@@ -80,7 +82,8 @@ class GaussianMixture:
 
     # --- data distribution
     def sample(self, key: Array, n: int) -> Array:
-        """n samples [n, D]: component k ~ Cat(w), x0 = mu_k + s_k z."""
+        """n samples [n, D]: component k ~ Cat(w), x0 = mu_k + s_k z. n: an integer >= 0 (static)."""
+        n = _checks.number("n", n, integer=True, low=0)
         k1, k2 = jax.random.split(key)
         comp = jax.random.categorical(k1, jnp.log(self.weights), shape=(n,))
         z = jax.random.normal(k2, (n, self.dim), self.means.dtype)

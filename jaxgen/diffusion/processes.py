@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen import _checks
+
 Array = Any
 
 __all__ = [
@@ -133,7 +135,13 @@ class Process:
 
 
 def linear_betas(num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
-    """DDPM linear schedule: beta_i = linspace(beta_start, beta_end, T)[i-1], float64, shape [T]."""
+    """DDPM linear schedule: beta_i = linspace(beta_start, beta_end, T)[i-1], float64, shape [T].
+
+    num_steps: an integer T >= 1; beta_start, beta_end in (0, 1).
+    """
+    num_steps = _checks.number("num_steps", num_steps, integer=True, low=1)
+    _checks.number("beta_start", beta_start, low=0, high=1, low_open=True, high_open=True)
+    _checks.number("beta_end", beta_end, low=0, high=1, low_open=True, high_open=True)
     return np.linspace(beta_start, beta_end, num_steps, dtype=np.float64)
 
 
@@ -142,7 +150,11 @@ def cosine_betas(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> n
 
     abar(t) = f(t) / f(0), f(t) = cos((t + s) / (1 + s) * pi / 2)^2,
     beta_i = min(1 - abar(i / T) / abar((i - 1) / T), max_beta).
+    num_steps: an integer T >= 1; s >= 0; max_beta in (0, 1).
     """
+    num_steps = _checks.number("num_steps", num_steps, integer=True, low=1)
+    _checks.number("s", s, low=0)
+    _checks.number("max_beta", max_beta, low=0, high=1, low_open=True, high_open=True)
     t = np.arange(num_steps + 1, dtype=np.float64) / num_steps
     f = np.cos((t + s) / (1.0 + s) * np.pi / 2.0) ** 2
     abar = f / f[0]
@@ -189,11 +201,11 @@ class DiscreteVP(Process):
     @classmethod
     def from_betas(cls, betas: np.ndarray, dtype=jnp.float32, name: str = "custom") -> "DiscreteVP":
         """Build every coefficient in float64 from betas[1..T] (shape [T], values in (0, 1)), then cast."""
-        b = np.asarray(betas, dtype=np.float64)
+        b = np.asarray(betas)
         if b.ndim != 1 or b.size < 1:
             raise ValueError(f"betas must be a non-empty 1-D array, got shape {b.shape}")
-        if not np.all((b > 0) & (b < 1)):
-            raise ValueError("betas must lie in the open interval (0, 1)")
+        _checks.values("betas", b, lambda xp, v: (v > 0) & (v < 1), "in the open interval (0, 1)")
+        b = b.astype(np.float64)
         T = b.size
         beta = np.concatenate([[0.0], b])
         alpha = 1.0 - beta
@@ -261,12 +273,11 @@ class DiscreteVP(Process):
 def make_schedule(name: str = "linear", num_steps: int = 1000, dtype=jnp.float32) -> DiscreteVP:
     """DDPM schedule by name: 'linear' (beta 1e-4 -> 0.02, Ho et al.) or 'cosine' (Nichol & Dhariwal,
     s = 0.008, beta clipped at 0.999). Coefficients are computed in float64 and cast to `dtype`."""
-    if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+    num_steps = _checks.number("num_steps", num_steps, integer=True, low=1)
     if name == "linear":
-        betas = linear_betas(int(num_steps))
+        betas = linear_betas(num_steps)
     elif name == "cosine":
-        betas = cosine_betas(int(num_steps))
+        betas = cosine_betas(num_steps)
     else:
         raise ValueError(f"schedule name must be one of 'linear', 'cosine'; got {name!r}")
     return DiscreteVP.from_betas(betas, dtype=dtype, name=name)
@@ -293,6 +304,10 @@ class ContinuousVP(Process):
     def __post_init__(self):
         if self.schedule not in ("linear", "cosine"):
             raise ValueError(f"schedule must be 'linear' or 'cosine', got {self.schedule!r}")
+        _checks.number("beta_min", self.beta_min, low=0)
+        _checks.number("beta_max", self.beta_max, low=max(self.beta_min, 0.0), low_open=self.beta_min <= 0,
+                       accepted=f"a finite number > 0 and >= beta_min = {self.beta_min}")
+        _checks.number("cosine_s", self.cosine_s, low=0)
 
     def _log_alpha(self, t):
         t = jnp.asarray(t, jnp.result_type(float))
@@ -318,6 +333,11 @@ class VE(Process):
     sigma_min: float = 0.01
     sigma_max: float = 50.0
 
+    def __post_init__(self):
+        _checks.number("sigma_min", self.sigma_min, low=0, low_open=True)
+        _checks.number("sigma_max", self.sigma_max, low=self.sigma_min, low_open=True,
+                       accepted=f"a finite number > sigma_min = {self.sigma_min}")
+
     def alpha(self, t):
         return jnp.ones_like(jnp.asarray(t, jnp.result_type(float)))
 
@@ -333,6 +353,9 @@ class EDM(Process):
     dx/dsigma = (x - D(x, sigma)) / sigma, is this process's probability-flow ODE in t rescaled."""
 
     sigma_max: float = 80.0
+
+    def __post_init__(self):
+        _checks.number("sigma_max", self.sigma_max, low=0, low_open=True)
 
     def alpha(self, t):
         return jnp.ones_like(jnp.asarray(t, jnp.result_type(float)))
@@ -365,6 +388,12 @@ class RectifiedFlow(Process):
 
 def make_process(name: str, **kwargs) -> Process:
     """'ddpm-linear' / 'ddpm-cosine' (DiscreteVP, kwarg num_steps), 'vp' / 'vp-cosine', 've', 'edm', 'rf'."""
+    allowed = {"ddpm-linear": ("num_steps", "dtype"), "ddpm-cosine": ("num_steps", "dtype"),
+               "vp": ("beta_min", "beta_max"), "vp-cosine": ("cosine_s",), "ve": ("sigma_min", "sigma_max"),
+               "edm": ("sigma_max",), "rf": ()}
+    unknown = sorted(set(kwargs) - set(allowed.get(name, kwargs)))
+    if unknown:
+        raise ValueError(f"process {name!r} accepts the keyword arguments {allowed[name]}, got {unknown}")
     if name in ("ddpm-linear", "ddpm-cosine"):
         return make_schedule(name.split("-")[1], **kwargs)
     if name == "vp":

@@ -29,11 +29,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen import _checks
 from jaxgen.diffusion.processes import DiscreteVP, Process, _bcast
 
 Array = Any
@@ -54,6 +54,7 @@ __all__ = [
 ]
 
 ODE_SOLVERS = ("euler", "heun", "dpm2", "amed")
+SKIPS = ("uniform", "quadratic")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -68,9 +69,8 @@ def skip_timesteps(num_steps: int, num_sample_steps: int, kind: str = "uniform")
     quadratic: tau_k = int(linspace(0, sqrt(0.8 T), K)^2) + 1   (DDIM's CIFAR-10 setting); repeated
                values (small steps at large K) are pushed up by one so the steps stay strictly increasing.
     """
-    T, K = int(num_steps), int(num_sample_steps)
-    if not 1 <= K <= T:
-        raise ValueError(f"num_sample_steps must be in [1, {T}], got {K}")
+    T = _checks.number("num_steps", num_steps, integer=True, low=1)
+    K = _checks.number("num_sample_steps", num_sample_steps, integer=True, low=1, high=T)
     if kind == "uniform":
         seq = np.floor(np.arange(K) * T / K).astype(np.int64) + 1
     elif kind == "quadratic":
@@ -98,11 +98,20 @@ def ddim_step(x, eps_hat, abar_r, abar_s, eta, noise, variance=None):
     return jnp.sqrt(abar_s) * x0_hat + c2 * eps_hat + sig * noise
 
 
+def _check_skip(skip, num_steps, num_sample_steps) -> np.ndarray:
+    """skip_timesteps with the samplers' argument name `skip` in the message."""
+    _checks.one_of("skip", skip, SKIPS)
+    return skip_timesteps(num_steps, num_sample_steps, skip)
+
+
 def _check_timesteps(schedule: DiscreteVP, timesteps) -> np.ndarray:
-    ts = np.asarray(timesteps, dtype=np.int64)
-    if ts.ndim != 1 or ts.size < 1 or np.any(np.diff(ts) <= 0) or ts[0] < 1 or ts[-1] > schedule.num_steps:
+    ts = np.asarray(timesteps)
+    bad = (ts.ndim != 1 or ts.size < 1 or ts.dtype.kind not in "iu" or np.any(np.diff(ts) <= 0) or ts[0] < 1
+           or ts[-1] > schedule.num_steps)
+    if bad:
         raise ValueError(f"timesteps must be strictly increasing integers in [1, {schedule.num_steps}], got {ts}")
-    return ts
+    return ts.astype(np.int64)
+
 
 
 def _vp_step_coefficients(schedule: DiscreteVP, timesteps, eta: float):
@@ -143,10 +152,11 @@ def vp_sample(
     x_init: optional x at tau_K (default N(0, I)).
     """
     ts = _check_timesteps(schedule, timesteps)
-    if clip_x0 is not None and not clip_x0 > 0:
-        raise ValueError(f"clip_x0 must be None or a positive number, got {clip_x0!r}")
-    if not eta >= 0:
-        raise ValueError(f"eta must be >= 0, got {eta!r}")
+    shape = _checks.shape_tuple("shape", shape)
+    _checks.optional_number("clip_x0", clip_x0, low=0, low_open=True)
+    eta = _checks.number("eta", eta, low=0)
+    if x_init is not None and tuple(x_init.shape) != shape:
+        raise ValueError(f"x_init must have shape {shape}, got {tuple(x_init.shape)}")
     c = _vp_step_coefficients(schedule, ts, eta)
     K = ts.size
     if isinstance(variance, str):
@@ -160,6 +170,7 @@ def vp_sample(
         var = np.asarray(variance, np.float64)
         if var.shape != (K,):
             raise ValueError(f"variance array must have shape [{K}], got {var.shape}")
+        _checks.values("variance", var, lambda xp, v: xp.isfinite(v) & (v >= 0), "finite and >= 0")
         var = var[::-1]
     var = np.where(c["s"] == 0, 0.0, var)  # no noise at the last step
     f = lambda a: jnp.asarray(a, dtype)  # noqa: E731
@@ -177,7 +188,6 @@ def vp_sample(
     b = shape[0]
     k_init, k_loop = jax.random.split(key)
     x = jax.random.normal(k_init, shape, dtype) if x_init is None else x_init.astype(dtype)
-    chex.assert_shape(x, shape)
 
     def body(x, inp):
         p, k = inp
@@ -205,7 +215,7 @@ def vp_sample(
 def ddim_sample(eps_fn, schedule: DiscreteVP, shape, key, num_sample_steps: int, eta: float = 0.0,
                 skip: str = "uniform", clip_x0: float | None = None) -> Array:
     """DDIM (Song et al. 2021) with K steps: sigma = lambda = eta sqrt((1 - abar_r/abar_s)(1 - abar_s)/(1 - abar_r))."""
-    ts = skip_timesteps(schedule.num_steps, num_sample_steps, skip)
+    ts = _check_skip(skip, schedule.num_steps, num_sample_steps)
     return vp_sample(eps_fn, schedule, shape, key, ts, eta=eta, variance="lambda", clip_x0=clip_x0)
 
 
@@ -215,7 +225,7 @@ def ddpm_skip_sample(eps_fn, schedule: DiscreteVP, shape, key, num_sample_steps:
     beta_tilde_{s|r} ('beta_tilde') or beta_{r|s} = 1 - abar_r / abar_s ('beta'). K = T is `ddpm_sample`."""
     if variance not in ("beta", "beta_tilde"):
         raise ValueError(f"variance must be 'beta' or 'beta_tilde', got {variance!r}")
-    ts = skip_timesteps(schedule.num_steps, num_sample_steps, skip)
+    ts = _check_skip(skip, schedule.num_steps, num_sample_steps)
     return vp_sample(eps_fn, schedule, shape, key, ts, eta=1.0,
                      variance="beta" if variance == "beta" else "lambda", clip_x0=clip_x0)
 
@@ -230,13 +240,12 @@ def pc_sample(eps_fn, schedule: DiscreteVP, shape, key, num_sample_steps: int, s
     then the DDPM ancestral predictor r -> s (the last one returns x0_hat). The corrector runs at every level,
     tau_K down to tau_1, so NFE = K (1 + num_corrector).
     """
-    if num_corrector < 0:
-        raise ValueError(f"num_corrector must be >= 0, got {num_corrector}")
-    if not snr > 0:
-        raise ValueError(f"snr must be positive, got {snr}")
+    num_corrector = _checks.number("num_corrector", num_corrector, integer=True, low=0)
+    snr = _checks.number("snr", snr, low=0, low_open=True)
     if predictor_variance not in ("beta", "beta_tilde"):
         raise ValueError(f"predictor_variance must be 'beta' or 'beta_tilde', got {predictor_variance!r}")
-    ts = skip_timesteps(schedule.num_steps, num_sample_steps, skip)
+    shape = _checks.shape_tuple("shape", shape)
+    ts = _check_skip(skip, schedule.num_steps, num_sample_steps)
     c = _vp_step_coefficients(schedule, ts, 1.0)
     var = c["beta_rs"] if predictor_variance == "beta" else c["lam2"]
     var = np.where(c["s"] == 0, 0.0, var)
@@ -278,13 +287,17 @@ def pc_sample(eps_fn, schedule: DiscreteVP, shape, key, num_sample_steps: int, s
 
 def edm_sigmas(num_intervals: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> np.ndarray:
     """Karras et al. (2022) eq. 5: sig_i = (smax^(1/rho) + i/n (smin^(1/rho) - smax^(1/rho)))^rho, i = 0..n, float64."""
-    n = int(num_intervals)
-    if n < 1:
-        raise ValueError(f"num_intervals must be >= 1, got {num_intervals}")
-    if not 0 < sigma_min < sigma_max:
-        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+    n = _checks.number("num_intervals", num_intervals, integer=True, low=1)
+    _check_sigmas(sigma_min, sigma_max)
+    rho = _checks.number("rho", rho, low=0, low_open=True)
     i = np.arange(n + 1) / n
     return (sigma_max ** (1 / rho) + i * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+
+
+def _check_sigmas(sigma_min, sigma_max) -> None:
+    sigma_min = _checks.number("sigma_min", sigma_min, low=0, low_open=True)
+    _checks.number("sigma_max", sigma_max, low=sigma_min, low_open=True,
+                   accepted=f"a finite number > sigma_min = {sigma_min}")
 
 
 def time_grid(process: Process, num_intervals: int, kind: str = "edm", sigma_min: float = 0.002,
@@ -296,9 +309,11 @@ def time_grid(process: Process, num_intervals: int, kind: str = "edm", sigma_min
     """
     if kind not in ("edm", "logsnr", "uniform"):
         raise ValueError(f"kind must be 'edm', 'logsnr' or 'uniform', got {kind!r}")
+    num_intervals = _checks.number("num_intervals", num_intervals, integer=True, low=1)
     with jax.ensure_compile_time_eval():  # a host-side grid, also when called under jit
         if sigma_max is None:
             sigma_max = float(min(80.0, float(process.sigma_ratio(jnp.asarray(1.0, jnp.float32)))))
+        _check_sigmas(sigma_min, sigma_max)
         if kind == "uniform":
             ends = np.asarray(process.time_of_sigma_ratio(jnp.asarray([sigma_max, sigma_min])), np.float64)
             return np.linspace(ends[0], ends[1], int(num_intervals) + 1)
@@ -311,8 +326,16 @@ def time_grid(process: Process, num_intervals: int, kind: str = "edm", sigma_min
 
 def ode_nfe(solver: str, num_intervals: int, afs: bool = False, final_denoise: bool = False) -> int:
     """Number of denoiser evaluations of `ode_sample`."""
+    _checks.one_of("solver", solver, ODE_SOLVERS)
+    num_intervals = _checks.number("num_intervals", num_intervals, integer=True, low=1)
     per = 1 if solver == "euler" else 2
     return per * num_intervals - int(afs) + int(final_denoise)
+
+
+def _decreasing_positive(xp, ts):
+    """Elementwise: ts_k finite, > 0, and ts_k > ts_{k+1} (the last entry compares with 0)."""
+    nxt = xp.concatenate([ts[1:], xp.zeros_like(ts[:1])])
+    return xp.isfinite(ts) & (ts > 0) & (ts > nxt)
 
 
 def _as_step_array(v, n, name):
@@ -336,6 +359,7 @@ def ode_sample(
     rc_fn: Callable | None = None,
     final_denoise: bool = False,
     return_trajectory: bool = False,
+    validate: bool | None = None,
 ):
     """Solve the probability-flow ODE from x_init at t_0 = ts[0] down to ts[-1] > 0.
 
@@ -346,14 +370,26 @@ def ode_sample(
     final_denoise: return denoise_fn(x_n, t_n) instead of x_n (one more NFE).
     return_trajectory: also return the states x at every grid time [n + 1, B, ...].
     NFE = `ode_nfe(solver, n, afs, final_denoise)`.
+
+    ts must be finite, > 0 and strictly decreasing (a grid in the wrong order integrates the ODE backwards,
+    towards noise, and returns garbage): ValueError when ts is concrete (NumPy, a list, a jax Array outside
+    jit). A traced ts (passed as a jit argument) is not checked unless validate=True, which checks it with
+    checkify (wrap the jitted function with `jax.experimental.checkify.checkify`); validate=False skips it.
+    Concrete r must lie in [0, 1] (the intermediate noise level sits between the step's ends), c be finite.
     """
     if solver not in ODE_SOLVERS:
         raise ValueError(f"solver must be one of {ODE_SOLVERS}, got {solver!r}")
+    if jnp.ndim(ts) != 1 or jnp.shape(ts)[0] < 2:
+        raise ValueError(f"ts must be a 1-D array of at least two decreasing times, got shape {jnp.shape(ts)}")
+    _checks.values("ts", ts, _decreasing_positive, "finite, > 0 and strictly decreasing (noise to data)",
+                   validate=validate)
+    if jnp.ndim(x_init) < 1:
+        raise ValueError(f"x_init must be an array [B, ...], got shape {jnp.shape(x_init)}")
+    if solver == "amed" and rc_fn is None:
+        _checks.values("r", r, lambda xp, v: (v >= 0) & (v <= 1), "in [0, 1]", validate=validate)
+        _checks.values("c", c, _checks.finite, "finite", validate=validate)
     ts = jnp.asarray(ts, x_init.dtype)
-    chex.assert_rank(ts, 1)
     n = ts.shape[0] - 1
-    if n < 1:
-        raise ValueError("ts needs at least two times")
     b = x_init.shape[0]
     dt = x_init.dtype
     bc = lambda v, x: _bcast(v, x)  # noqa: E731
@@ -431,7 +467,14 @@ def reference_ode_solve(denoise_fn: Callable, process: Process, x_init: Array, t
                         return_nfe: bool = False):
     """High-accuracy reference: the same probability-flow ODE with diffrax Tsit5 and a PID step-size
     controller, in the variable u = log sig: dy/du = y - D(y, sig) (smooth across noise scales).
-    return_nfe: also return the number of denoiser evaluations (6 per attempted Tsit5 step + 1)."""
+    return_nfe: also return the number of denoiser evaluations (6 per attempted Tsit5 step + 1).
+    Concrete arguments are checked: 0 < t_end < t_start, rtol, atol > 0, max_steps an integer >= 1."""
+    t_end = _checks.number("t_end", t_end, low=0, low_open=True)
+    _checks.number("t_start", t_start, low=t_end, low_open=True,
+                   accepted=f"a finite number > t_end = {t_end} (the solve runs from noise to data)")
+    _checks.number("rtol", rtol, low=0, low_open=True)
+    _checks.number("atol", atol, low=0, low_open=True)
+    max_steps = _checks.number("max_steps", max_steps, integer=True, low=1)
     import diffrax
 
     b = x_init.shape[0]

@@ -4,16 +4,19 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxgen import _checks
+
 
 def _counts(indices, codebook_size: int) -> jax.Array:
-    if int(codebook_size) < 1:
-        raise ValueError(f"codebook_size must be >= 1, got {codebook_size}")
+    codebook_size = _checks.number("codebook_size", codebook_size, integer=True, low=1)
     idx = jnp.asarray(indices).reshape(-1)
     if not jnp.issubdtype(idx.dtype, jnp.integer):
         raise ValueError(f"indices must be integers, got dtype {idx.dtype}")
     if idx.size == 0:
         raise ValueError("indices must not be empty")
-    # out-of-range indices are dropped by the scatter; callers pass valid codes
+    # concrete indices are checked here; traced ones (under jit) are not
+    _checks.values("indices", idx, lambda xp, i: (i >= 0) & (i < codebook_size),
+                   f"in [0, codebook_size = {codebook_size})")
     return jnp.zeros((codebook_size,), jnp.float32).at[idx].add(1.0, mode="drop")
 
 

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen import _checks
+
 
 def _check_clouds(x, y):
     x, y = jnp.asarray(x, jnp.result_type(x, jnp.float32)), jnp.asarray(y, jnp.result_type(y, jnp.float32))
@@ -52,8 +54,7 @@ def sliced_wasserstein(x_ND: jax.Array, y_MD: jax.Array, key: jax.Array,
     For isotropic Gaussians N(m1, s1^2 I) and N(m2, s2^2 I):
     SW2^2 = |m1 - m2|^2 / D + (s1 - s2)^2.
     """
-    if num_projections < 1:
-        raise ValueError(f"num_projections must be >= 1, got {num_projections}")
+    num_projections = _checks.number("num_projections", num_projections, integer=True, low=1)
     x, y = _check_clouds(x_ND, y_MD)
     d = x.shape[1]
     theta_PD = jax.random.normal(key, (num_projections, d), x.dtype)
@@ -87,6 +88,7 @@ def mmd(x_ND: jax.Array, y_MD: jax.Array,
     chex.assert_rank(h, 1)
     if h.shape[0] < 1:
         raise ValueError("bandwidths must be a non-empty sequence of positive floats")
+    _checks.values("bandwidths", h, lambda xp, v: xp.isfinite(v) & (v > 0), "finite and > 0")
 
     def k(a, b):
         d = _sq_dists(a, b)

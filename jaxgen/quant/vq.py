@@ -44,6 +44,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxgen import _checks
+
 Array = jax.Array
 
 
@@ -142,9 +144,17 @@ def vector_quantize(z: Array, codebook: Array, *, beta: float = 0.25, cosine: bo
                     codebook_loss + beta * commitment_loss)
 
 
-def code_counts(indices: Array, num_codes: int) -> Array:
-    """n_k = #{n : indices_n = k}, float32 (K,)."""
-    return jnp.zeros((num_codes,), jnp.float32).at[indices.reshape(-1)].add(1.0)
+def code_counts(indices: Array, num_codes: int, *, validate: bool | None = None) -> Array:
+    """n_k = #{n : indices_n = k}, float32 (K,).
+
+    indices in [0, num_codes): a concrete index outside raises ValueError. Under jit (traced indices) it is
+    not checked unless validate=True (checkify): an index >= num_codes is dropped, a negative one counts
+    from the end.
+    """
+    num_codes = _checks.number("num_codes", num_codes, integer=True, low=1)
+    _checks.values("indices", indices, lambda xp, i: (i >= 0) & (i < num_codes), f"in [0, num_codes = {num_codes})",
+                   validate=validate)
+    return jnp.zeros((num_codes,), jnp.float32).at[jnp.asarray(indices).reshape(-1)].add(1.0)
 
 
 def codebook_usage(counts: Array) -> Array:
@@ -159,10 +169,8 @@ def codebook_perplexity(counts: Array) -> Array:
 
 
 def _check_decay(decay, eps=0.0):
-    if not 0.0 <= float(decay) < 1.0:
-        raise ValueError(f"decay must be in [0, 1), got {decay}")
-    if float(eps) < 0.0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    _checks.number("decay", decay, low=0, high=1, high_open=True)
+    _checks.number("eps", eps, low=0)
 
 
 def ema_codebook(state: EMAState, eps: float = 1e-5) -> Array:
@@ -262,6 +270,7 @@ def restart_dead_codes(key: Array, codebook: Array, cluster_size: Array, z: Arra
     """
     K, D = codebook.shape
     chex.assert_shape(cluster_size, (K,))
+    _checks.number("threshold", threshold, low=0)
     z_ND = _flat(z, codebook).astype(jnp.float32)
     dead = cluster_size < threshold
     candidates = _distinct_rows(key, z_ND, K).astype(codebook.dtype)
@@ -293,14 +302,10 @@ class VectorQuantizer(nnx.Module):
 
     def __init__(self, num_codes: int, dim: int, *, rngs: nnx.Rngs, ema: bool = False, beta: float = 0.25,
                  decay: float = 0.99, eps: float = 1e-5, cosine: bool = False, dead_threshold: float = 0.0):
-        if int(num_codes) < 2:
-            raise ValueError(f"num_codes must be an integer >= 2, got {num_codes}")
-        if int(dim) < 1:
-            raise ValueError(f"dim must be an integer >= 1, got {dim}")
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
-        if dead_threshold < 0:
-            raise ValueError(f"dead_threshold must be >= 0, got {dead_threshold}")
+        _checks.number("num_codes", num_codes, integer=True, low=2)
+        _checks.number("dim", dim, integer=True, low=1)
+        _checks.number("beta", beta, low=0)
+        _checks.number("dead_threshold", dead_threshold, low=0)
         _check_decay(decay, eps)
         self.num_codes, self.dim = int(num_codes), int(dim)
         self.ema, self.beta, self.decay, self.eps = bool(ema), float(beta), float(decay), float(eps)
