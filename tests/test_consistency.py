@@ -19,8 +19,10 @@ MU, STD = 0.7, 0.4
 SPEC = C.ConsistencySpec()
 
 
-def mlp_apply(dim, dropout=0.0, seed=0):
-    graph, params = nnx.split(MLPDenoiser(dim, hidden=32, depth=2, dropout=dropout, rngs=nnx.Rngs(seed)))
+@pytest.fixture(scope="module")
+def mlp():
+    """A random network F (with dropout, active when a key is given) shared by the tests."""
+    graph, params = nnx.split(MLPDenoiser(2, hidden=32, depth=2, dropout=0.5, rngs=nnx.Rngs(0)))
 
     def apply(p, x_in, c_noise, key):
         return nnx.merge(graph, p)(x_in, c_noise, key=key)
@@ -57,16 +59,16 @@ def theta(a=0.0, b=0.0):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-def test_boundary_condition_holds_exactly_for_a_random_network(dtype):
+def test_boundary_condition_holds_exactly_for_a_random_network(dtype, mlp):
     with jax.enable_x64(dtype == jnp.float64):
-        apply, params = mlp_apply(3)
-        x = 5.0 * jax.random.normal(jax.random.key(0), (64, 3), dtype)
-        f = C.consistency_function(apply, params, x, SPEC.sigma_min, spec=SPEC)
-        np.testing.assert_array_equal(np.asarray(f), np.asarray(x))
-        f_grid = C.consistency_function(apply, params, x, C.karras_sigma(0, 18, SPEC), spec=SPEC)
-        np.testing.assert_array_equal(np.asarray(f_grid), np.asarray(x))
+        apply, params = mlp
+        f = jax.jit(lambda x, s: C.consistency_function(apply, params, x, s, jax.random.key(1), spec=SPEC))
+        x = 5.0 * jax.random.normal(jax.random.key(0), (64, 2), dtype)
+        np.testing.assert_array_equal(np.asarray(f(x, jnp.full((64,), SPEC.sigma_min, dtype))), np.asarray(x))
+        grid = jnp.broadcast_to(C.karras_sigma(0, 18, SPEC), (64,)).astype(dtype)
+        np.testing.assert_array_equal(np.asarray(f(x, grid)), np.asarray(x))
         # away from the boundary the network matters
-        assert float(jnp.max(jnp.abs(C.consistency_function(apply, params, x, 1.0, spec=SPEC) - x))) > 0.1
+        assert float(jnp.max(jnp.abs(f(x, jnp.ones((64,), dtype)) - x))) > 0.1
 
 
 def test_karras_grid_ends_and_spacing_match_edm_sigmas():
@@ -84,15 +86,17 @@ def test_karras_grid_ends_and_spacing_match_edm_sigmas():
 
 
 def test_gaussian_consistency_function_is_the_pf_ode_solution():
-    """f* against the package's Heun solver of the oracle's probability-flow ODE (EDM process)."""
+    """f* against the package's Heun solver of the oracle's probability-flow ODE (EDM process): f* maps every
+    point of one trajectory to its end point."""
     with jax.enable_x64(True):
         gm, p = D.oracle_gaussian(MU, STD, dim=2), D.EDM()
-        x = 20.0 * jax.random.normal(jax.random.key(1), (32, 2), jnp.float64)
-        for sigma in (80.0, 3.0, 0.1):
-            ts = D.time_grid(p, 1600, sigma_min=SPEC.sigma_min, sigma_max=sigma)
-            ode = D.ode_sample(gm.denoise_fn(p), p, sigma / 20.0 * x, ts, "heun")  # global error O(h^2)
-            exact = C.gaussian_consistency_function(sigma / 20.0 * x, sigma, MU, STD, SPEC.sigma_min)
-            np.testing.assert_allclose(np.asarray(ode), np.asarray(exact), rtol=0, atol=1e-5)
+        x = 80.0 * jax.random.normal(jax.random.key(1), (32, 2), jnp.float64)
+        ts = D.time_grid(p, 1600, sigma_min=SPEC.sigma_min, sigma_max=80.0)
+        end, traj = D.ode_sample(gm.denoise_fn(p), p, x, ts, "heun", return_trajectory=True)  # error O(h^2)
+        sig = np.asarray(p.sigma(jnp.asarray(ts)))
+        for k in (0, 400, 1200, 1590):
+            exact = C.gaussian_consistency_function(traj[k], sig[k], MU, STD, SPEC.sigma_min)
+            np.testing.assert_allclose(np.asarray(end), np.asarray(exact), rtol=0, atol=1e-5)
 
 
 def _teacher():
@@ -158,27 +162,32 @@ def test_ct_and_ict_losses_are_exactly_zero_for_point_mass_data():
         apply = fstar_apply(MU, 0.0)
         x0 = jnp.full((256, 4), MU)
         key = jax.random.key(3)
-        assert float(C.ct_loss(apply, theta(), theta(), x0, key, 40, SPEC)) < 1e-20
-        assert float(C.ict_loss(apply, theta(), x0, key, 40)) < 1e-12
-        assert float(C.ict_loss(apply, theta(0.1), x0, key, 40)) > 1e-3
+        losses = jax.jit(lambda a: (C.ct_loss(apply, theta(a), theta(), x0, key, 40, SPEC),
+                                    C.ict_loss(apply, theta(a), x0, key, 40)))
+        ct0, ict0 = losses(0.0)
+        assert float(ct0) < 1e-20 and float(ict0) < 1e-12
+        assert float(losses(0.1)[1]) > 1e-3
 
 
-def test_online_and_target_share_the_dropout_key():
-    apply, params = mlp_apply(2, dropout=0.5)
+def test_online_and_target_share_the_dropout_key(mlp):
+    apply, params = mlp
     x0 = jax.random.normal(jax.random.key(4), (16, 2))
     z = jax.random.normal(jax.random.key(5), (16, 2))
     i = jnp.arange(16) % 17
     kd = jax.random.key(6)
-    terms = C.ct_loss_terms(apply, params, params, x0, z, i, kd, 18, SPEC)
 
-    def manual(k_online, k_target):
+    @jax.jit
+    def terms_and_manual(k_target):
+        terms = C.ct_loss_terms(apply, params, params, x0, z, i, kd, 18, SPEC)
         s_hi, s_lo = C.karras_sigma(i + 1, 18), C.karras_sigma(i, 18)
-        a = C.consistency_function(apply, params, x0 + s_hi[:, None] * z, s_hi, k_online)
+        a = C.consistency_function(apply, params, x0 + s_hi[:, None] * z, s_hi, kd)
         b = C.consistency_function(apply, params, x0 + s_lo[:, None] * z, s_lo, k_target)
-        return jnp.mean((a - b) ** 2, -1)
+        return terms, jnp.mean((a - b) ** 2, -1)
 
-    np.testing.assert_allclose(np.asarray(terms), np.asarray(manual(kd, kd)), rtol=1e-5, atol=1e-7)
-    assert not np.allclose(np.asarray(terms), np.asarray(manual(kd, jax.random.key(7))), rtol=1e-2)
+    terms, same = terms_and_manual(kd)
+    np.testing.assert_allclose(np.asarray(terms), np.asarray(same), rtol=1e-5, atol=1e-7)
+    _, other = terms_and_manual(jax.random.key(7))
+    assert not np.allclose(np.asarray(terms), np.asarray(other), rtol=1e-2)
 
 
 def test_multistep_sampling_matches_the_closed_form_moments():
@@ -228,12 +237,12 @@ def test_ict_sigma_probs_match_binned_lognormal_samples():
     assert np.all(pj[n - 1:] == 0)
 
 
-def test_pseudo_huber_and_ict_loss_under_jit_with_a_traced_curriculum():
+def test_pseudo_huber_and_ict_loss_under_jit_with_a_traced_curriculum(mlp):
     a, b = np.random.default_rng(1).normal(size=(2, 5, 3, 4, 4))
     c = 0.00054 * math.sqrt(48)
     ref = np.sqrt(np.sum((a - b) ** 2, axis=(1, 2, 3)) + c**2) - c
     np.testing.assert_allclose(np.asarray(C.pseudo_huber(jnp.asarray(a), jnp.asarray(b))), ref, rtol=1e-5)
-    apply, params = mlp_apply(2)
+    apply, params = mlp
     x0 = jax.random.normal(jax.random.key(8), (32, 2))
 
     @jax.jit

@@ -98,48 +98,55 @@ def test_generator_gradient_vanishes_at_the_teacher_mean_and_std():
             assert grad(MU, 1.5 * S, alpha)[1] > 0 and grad(MU, 0.6 * S, alpha)[1] < 0
 
 
-def run_toys(alpha, m0, g0, lr, steps=3000, batch=256):
-    """Several toy runs (arrays of alpha, m0, g0, lr) in one compiled program (vmap): the compile dominates."""
+def run_toys(alpha, m0, g0, lr, teacher_scale, steps=3000, batch=256):
+    """Several toy runs (arrays of alpha, m0, g0, lr, teacher_scale) in one compiled program (vmap): the compile
+    dominates. The teacher's output is multiplied by teacher_scale (NaN: a broken teacher)."""
     gm = D.oracle_gaussian(MU, S)
+    scaled_teacher = lambda p, x, s: teacher(p[0], x, s) * p[1]  # noqa: E731
 
-    def run(alpha, m0, g0, lr, key):
+    def run(alpha, m0, g0, lr, scale, key):
         gen_tx = optax.adam(optax.cosine_decay_schedule(lr, steps), b1=0.0)
         fake_tx = optax.adam(0.05, b1=0.0)
         state = sid.init_sid_state({"m": m0, "g": g0}, {"m": jnp.asarray(MU), "g": jnp.asarray(S)},
                                    gen_tx, fake_tx)  # the fake score starts at the teacher, as in SiD
-        step = sid.make_sid_step(gen_apply, fake_apply, teacher, gen_tx, fake_tx, (batch, 1), alpha=alpha,
+        step = sid.make_sid_step(gen_apply, fake_apply, scaled_teacher, gen_tx, fake_tx, (batch, 1), alpha=alpha,
                                  sigma_init=SIGMA_INIT)
-        return jax.lax.scan(lambda st, k: (step(st, gm, k)[0], None), state, jax.random.split(key, steps))[0]
+        return jax.lax.scan(lambda st, k: step(st, (gm, scale), k), state, jax.random.split(key, steps))
 
-    args = [jnp.asarray(v, jnp.float32) for v in (alpha, m0, g0, lr)]
+    args = [jnp.asarray(v, jnp.float32) for v in (alpha, m0, g0, lr, teacher_scale)]
     keys = jax.random.split(jax.random.key(1), len(alpha))
-    st = jax.jit(jax.vmap(run))(*args, keys)
-    return np.asarray(st.gen_params["m"]), np.abs(np.asarray(st.gen_params["g"])), np.asarray(st.gen_skipped)
+    return jax.jit(jax.vmap(run))(*args, keys)
 
 
-def test_one_dimensional_toy_converges_to_the_teacher():
+@pytest.fixture(scope="module")
+def toys():
+    return run_toys(alpha=[0.5, 1.0, 1.2, 1.2], m0=[-2.0, -2.0, 1.0, -2.0], g0=[1.5, 1.5, 1.5, 1.5],
+                    lr=[0.1, 0.1, 0.02, 0.1], teacher_scale=[1.0, 1.0, 1.0, np.nan])
+
+
+def test_one_dimensional_toy_converges_to_the_teacher(toys):
     """alpha = 0.5 and 1: generator 6 teacher stds away in mean and 3x wider; alpha = 1.2: 3x wider (started
     far in the mean, it widens on the way and stalls near std 2.4: the alpha > 1 sign pattern above)."""
-    m, g, skipped = run_toys(alpha=[0.5, 1.0, 1.2], m0=[-2.0, -2.0, 1.0], g0=[1.5, 1.5, 1.5], lr=[0.1, 0.1, 0.02])
-    assert np.all(np.abs(m - MU) < 0.05) and np.all(np.abs(g - S) < 0.05) and np.all(skipped == 0), (m, g)
+    state, metrics = toys
+    m, g = np.asarray(state.gen_params["m"])[:3], np.abs(np.asarray(state.gen_params["g"]))[:3]
+    assert np.all(np.abs(m - MU) < 0.05) and np.all(np.abs(g - S) < 0.05), (m, g)
+    assert np.all(np.asarray(state.gen_skipped)[:3] == 0) and np.all(np.asarray(metrics["gen_ok"])[:3])
 
 
-def test_non_finite_updates_are_skipped_and_counted():
-    gm = D.oracle_gaussian(MU, S)
+def test_non_finite_updates_are_skipped_and_counted(toys):
+    state, metrics = toys
+    steps = metrics["gen_ok"].shape[1]
+    assert int(state.gen_skipped[3]) == steps and int(state.fake_skipped[3]) == 0 and int(state.step[3]) == steps
+    assert not np.any(np.asarray(metrics["gen_ok"][3])) and np.all(np.asarray(metrics["gen_skipped"][3]) ==
+                                                                  np.arange(1, steps + 1))
+    # the generator and its optimizer state are untouched, the fake score still trained
+    assert float(state.gen_params["m"][3]) == -2.0 and float(state.gen_params["g"][3]) == 1.5
+    assert all(np.all(np.asarray(v)[3] == 0) for v in jax.tree.leaves(state.gen_opt_state))  # still at init
+    assert abs(float(state.fake_params["m"][3]) - MU) > 0.5  # it followed the generator at -2
+
+
+def test_bad_arguments_raise():
     tx = optax.adam(0.01)
-    state = sid.init_sid_state({"m": jnp.asarray(0.0), "g": jnp.asarray(1.0)},
-                               {"m": jnp.asarray(MU), "g": jnp.asarray(S)}, tx, tx)
-    nan_teacher = lambda p, x, s: teacher(p, x, s) * jnp.nan  # noqa: E731
-    bad = sid.make_sid_step(gen_apply, fake_apply, nan_teacher, tx, tx, (16, 1))
-    good = sid.make_sid_step(gen_apply, fake_apply, teacher, tx, tx, (16, 1))
-    s1, m1 = bad(state, gm, jax.random.key(0))
-    assert int(s1.gen_skipped) == 1 and int(s1.fake_skipped) == 0 and not bool(m1["gen_ok"])
-    chex_equal = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))  # noqa: E731
-    assert chex_equal(s1.gen_params, state.gen_params) and chex_equal(s1.gen_opt_state, state.gen_opt_state)
-    assert not chex_equal(s1.fake_params, state.fake_params)  # the fake score still trained
-    s2, m2 = good(s1, gm, jax.random.key(1))
-    assert int(s2.gen_skipped) == 1 and bool(m2["gen_ok"]) and int(s2.step) == 2
-    assert not chex_equal(s2.gen_params, state.gen_params)
     with pytest.raises(ValueError, match="sigma_init"):
         sid.make_sid_step(gen_apply, fake_apply, teacher, tx, tx, (16, 1), sigma_init=0.0)
     with pytest.raises(ValueError, match="t_max"):

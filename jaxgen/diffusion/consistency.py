@@ -94,6 +94,11 @@ class ConsistencySpec:
         return c_skip, c_out, c_in, c_noise
 
 
+def _check_choice(name, value, options):
+    if value not in options:
+        raise ValueError(f"{name} must be one of {options}, got {value!r}")
+
+
 def _check_num_scales(num_scales, lo=2):
     if isinstance(num_scales, (int, np.integer)) and num_scales < lo:
         raise ValueError(f"num_scales must be an integer >= {lo}, got {num_scales}")
@@ -160,8 +165,7 @@ def pf_ode_step(denoise: Callable, x: Array, sigma_from: Array, sigma_to: Array,
     heun:   x' = x + (s1 - s0) (d0 + d1) / 2,  d1 = (x_e - D(x_e, s1)) / s1 at the Euler point x_e.
     denoise(x [B, ...], sigma [B]); sigma_from / sigma_to: scalars or [B] (sigma_to > 0).
     """
-    if solver not in ("euler", "heun"):
-        raise ValueError(f"solver must be 'euler' or 'heun', got {solver!r}")
+    _check_choice("solver", solver, ("euler", "heun"))
     b = x.shape[0]
     s0 = jnp.broadcast_to(jnp.asarray(sigma_from, x.dtype), (b,))
     s1 = jnp.broadcast_to(jnp.asarray(sigma_to, x.dtype), (b,))
@@ -224,9 +228,8 @@ def pseudo_huber(a: Array, b: Array, c: float | None = None) -> Array:
 def _distance(a, b, distance):
     if distance == "l2":  # mean over non-batch dims, as the reference code's mean_flat
         return jnp.mean(((a - b) ** 2).reshape(a.shape[0], -1), -1)
-    if distance == "pseudo_huber":
-        return pseudo_huber(a, b)
-    raise ValueError(f"distance must be 'l2' or 'pseudo_huber', got {distance!r}")
+    _check_choice("distance", distance, ("l2", "pseudo_huber"))
+    return pseudo_huber(a, b)
 
 
 def _pair_terms(apply, params, target_params, x_hi, s_hi, x_lo, s_lo, dropout_key, spec, distance):
@@ -262,6 +265,8 @@ def cd_loss(apply: Apply, params, target_params, x0: Array, key: Array, teacher:
             solver: str = "heun", spec: ConsistencySpec = ConsistencySpec(), distance: str = "l2") -> Array:
     """Consistency distillation (Song et al. 2023, Algorithm 2), lambda = 1: the batch mean of `cd_loss_terms`
     with i ~ U{0..N-2}, z ~ N(0, I). N = 18 and an EMA target with mu = 0.95 are the CIFAR-10 settings."""
+    _check_choice("solver", solver, ("euler", "heun"))
+    _check_choice("distance", distance, ("l2", "pseudo_huber"))
     i, z, k_drop = _draw(key, x0, num_scales)
     return jnp.mean(cd_loss_terms(apply, params, target_params, x0, z, i, k_drop, teacher, num_scales, solver,
                                   spec, distance))
@@ -283,6 +288,7 @@ def ct_loss(apply: Apply, params, target_params, x0: Array, key: Array, num_scal
             spec: ConsistencySpec = ConsistencySpec(), distance: str = "l2") -> Array:
     """Consistency training (Song et al. 2023, Algorithm 3), lambda = 1: the batch mean of `ct_loss_terms` with
     i ~ U{0..N-2}; N = ct_num_scales(k) and the target EMA rate ct_target_ema(k) (N may be traced)."""
+    _check_choice("distance", distance, ("l2", "pseudo_huber"))
     i, z, k_drop = _draw(key, x0, num_scales)
     return jnp.mean(ct_loss_terms(apply, params, target_params, x0, z, i, k_drop, num_scales, spec, distance))
 
