@@ -100,3 +100,27 @@ from jaxgen.diffusion.sid import (  # noqa: F401
     fake_score_loss,
     make_sid_step,
 )
+from jaxgen.diffusion.interpolants import (  # noqa: F401
+    Interpolant,
+    make_path,
+    velocity_from_denoiser,
+    flow_solve,
+    flow_solve_adaptive,
+    uniform_grid,
+)
+from jaxgen.diffusion.rectified_flow import (  # noqa: F401
+    rf_interpolate,
+    rf_velocity_loss,
+    reflow_pairs,
+    num_pair_batches,
+    straightness,
+    one_step_generator,
+    distill_loss,
+)
+from jaxgen.diffusion.likelihood import (  # noqa: F401
+    discretized_gaussian_log_likelihood,
+    gaussian_log_likelihood,
+    vb_reverse_variances,
+    analytic_vb_variance,
+    ddpm_vb,
+)
