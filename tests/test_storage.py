@@ -60,24 +60,37 @@ def _tb_tags(data: bytes) -> set:
 @pytest.fixture(scope="module")
 def gs_run(gcs_emulator, tmp_path_factory):  # noqa: F811
     """The toy smoke config with --workdir gs://test-bucket/run: the CLI in a subprocess, SIGTERM after its
-    first logged step, then resumed to the end (and evaluated); plus an uninterrupted run in gs://.../ref."""
-    cwd = tmp_path_factory.mktemp("cwd")
-    repo_before = set(os.listdir(ROOT))
-    proc = _cli(f"gs://{BUCKET}/run", cwd)
-    out = []
-    for line in proc.stdout:  # the first metrics line is printed inside the loop, with the handler installed
-        out.append(line)
-        if line.startswith("step "):
-            proc.send_signal(signal.SIGTERM)
-            break
-    rest, err = proc.communicate(timeout=120)
-    cut = dict(returncode=proc.returncode, stdout="".join(out) + rest, stderr=err,
-               checkpoints=gcs_emulator.list("run/checkpoints/"))
+    first logged step, then resumed to the end (and evaluated); plus an uninterrupted run in gs://.../ref.
+    The three runs share one persistent compilation cache (the same executables, compiled once)."""
+    import jax
+
+    from jaxgen import tasks
     from jaxgen.train.loop import train_and_evaluate
 
-    config = _load(TOY, OVERRIDES)
-    train_and_evaluate(config, f"gs://{BUCKET}/ref")
-    final = train_and_evaluate(config, f"gs://{BUCKET}/run")  # resumes from the SIGTERM checkpoint
+    cwd = tmp_path_factory.mktemp("cwd")
+    repo_before = set(os.listdir(ROOT))
+    min_time = jax.config.jax_persistent_cache_min_compile_time_secs
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("compile_cache")))
+        mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        try:
+            proc = _cli(f"gs://{BUCKET}/run", cwd)
+            out = []
+            for line in proc.stdout:  # the first metrics line is printed inside the loop, with the handler installed
+                out.append(line)
+                if line.startswith("step "):
+                    proc.send_signal(signal.SIGTERM)
+                    break
+            rest, err = proc.communicate(timeout=120)
+            cut = dict(returncode=proc.returncode, stdout="".join(out) + rest, stderr=err,
+                       checkpoints=gcs_emulator.list("run/checkpoints/"))
+            config = _load(TOY, OVERRIDES)
+            task = tasks.build(config)  # one task: its jitted samplers are traced once for both runs
+            train_and_evaluate(config, f"gs://{BUCKET}/ref", task=task)
+            final = train_and_evaluate(config, f"gs://{BUCKET}/run", task=task)  # resumes from the SIGTERM checkpoint
+        finally:
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", min_time)
     return dict(cut=cut, final=final, cwd=cwd, repo_before=repo_before)
 
 
@@ -115,12 +128,14 @@ def test_gs_workdir_objects_are_in_the_bucket_and_nothing_local(gs_run, gcs_emul
     assert not os.path.exists(os.path.join(ROOT, "gs:"))
 
 
-def test_missing_bucket_exits_2_with_one_line_naming_it(gcs_emulator, tmp_path):  # noqa: F811
-    proc = _cli("gs://no-such-bucket/run", tmp_path)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2, err[-3000:]
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("I", "W"))]
-    assert len(lines) == 1 and "gs://no-such-bucket/run" in lines[0] and "does not exist" in lines[0], err
+def test_missing_bucket_exits_2_with_one_line_naming_it(gcs_emulator, tmp_path, monkeypatch, capsys):  # noqa: F811
+    from jaxgen import run
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["--config", TOY, "--workdir", "gs://no-such-bucket/run", *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
+    assert run.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gs://no-such-bucket/run" in err[0] and "does not exist" in err[0], err
     assert os.listdir(tmp_path) == []
 
 
