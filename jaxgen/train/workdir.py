@@ -116,7 +116,8 @@ class WorkdirLock:
             holder, generation = _read_holder(self.path)
             if holder is None:  # released between our attempt and the read
                 continue
-            if holder.get("host") == self.info["host"] and not _pid_alive(int(holder.get("pid", -1))):
+            pid = holder.get("pid")
+            if holder.get("host") == self.info["host"] and isinstance(pid, int) and pid > 0 and not _pid_alive(pid):
                 if _remove_if_unchanged(self.path, generation):
                     warn(f"took over the stale lock of workdir '{self.workdir}': PID {holder.get('pid')} on this host "
                          f"(started {holder.get('start')}) is no longer running")
