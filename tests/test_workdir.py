@@ -226,3 +226,65 @@ def test_no_intact_checkpoint_exits_2_before_changing_the_workdir(trained, tmp_p
     assert "no intact checkpoint" in errors[0]
     assert "step 4 lacks state/_METADATA" in errors[0] and "step 2 lacks data/process_*.json" in errors[0]
     assert _snapshot(workdir) == before
+
+
+class _FakeBlob:
+    """GCS object semantics the lock relies on: `if_generation_match=0` succeeds only if the object does not
+    exist, a generation precondition fails once the object changed (PreconditionFailed, as the client raises)."""
+
+    store: dict = {}
+
+    def __init__(self, name):
+        self.name, self.generation = name, None
+
+    def _check(self, want):
+        from google.api_core import exceptions
+
+        have = self.store.get(self.name, (None, 0))[1]
+        if want is not None and want != have:
+            raise exceptions.PreconditionFailed(f"{self.name}: generation {have}, wanted {want}")
+
+    def upload_from_string(self, text, if_generation_match=None):
+        self._check(if_generation_match)
+        self.store[self.name] = (text, self.store.get(self.name, (None, 0))[1] + 1)
+
+    def reload(self):
+        from google.api_core import exceptions
+
+        if self.name not in self.store:
+            raise exceptions.NotFound(self.name)
+        self.generation = self.store[self.name][1]
+
+    def download_as_text(self, if_generation_match=None):
+        self._check(if_generation_match)
+        return self.store[self.name][0]
+
+    def delete(self, if_generation_match=None):
+        from google.api_core import exceptions
+
+        if self.name not in self.store:
+            raise exceptions.NotFound(self.name)
+        self._check(if_generation_match)
+        del self.store[self.name]
+
+
+def test_gs_lock_uses_generation_preconditions(monkeypatch):
+    """The gs:// code path against a fake with GCS's precondition semantics (the GCS emulator of the test
+    suite ignores preconditions, so exclusivity cannot be checked there)."""
+    _FakeBlob.store = {}
+    monkeypatch.setattr(workdir_lib, "_gcs_blob", _FakeBlob)
+    monkeypatch.setattr(workdir_lib.paths, "check_writable", lambda *a, **k: None)
+    url = "gs://bucket/run"
+    a, b = workdir_lib.WorkdirLock(url), workdir_lib.WorkdirLock(url)
+    a.acquire()
+    with pytest.raises(ConfigError, match=f"in use by PID {os.getpid()} on host"):
+        b.acquire()
+    b.release()
+    assert "gs://bucket/run/jaxgen.lock" in _FakeBlob.store
+    a.release()
+    assert _FakeBlob.store == {}
+    stale = json.dumps(dict(host=socket.gethostname(), pid=_dead_pid(), start="t", token="old"))
+    _FakeBlob("gs://bucket/run/jaxgen.lock").upload_from_string(stale)
+    with b:
+        assert json.loads(_FakeBlob.store["gs://bucket/run/jaxgen.lock"][0])["token"] == b.info["token"]
+    assert _FakeBlob.store == {}
