@@ -22,7 +22,7 @@ import argparse
 import re
 import time
 
-from experiments._report import markdown_table, write_rows
+from experiments._report import markdown_table, prepare_out, write_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,9 +69,7 @@ def main(argv=None) -> None:
     parser.add_argument("--configs", default=",".join(PAPER_CONFIGS))
     parser.add_argument("--match", default="", help="only the config specs this regex finds, e.g. 'py:' (samplers)")
     args = parser.parse_args(argv)
-    from etils import epath
-
-    epath.Path(args.out).mkdir(parents=True, exist_ok=True)
+    prepare_out(args.out)  # local or gs://; exits 2 naming it if it cannot be written
     path = os.path.join(args.out, "aot_tpu.json")
 
     from jaxgen.aot import compile_report

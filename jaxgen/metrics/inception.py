@@ -538,10 +538,15 @@ def _sha256(path) -> str:
 
 
 def default_weights_path(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where the weights are cached: `cache_dir` (default $JAXGEN_CACHE or ~/.cache/jaxgen)."""
+    """Where the weights are cached: `cache_dir` (default $JAXGEN_CACHE or ~/.cache/jaxgen). The file is read
+    from local disk, so a gs:// cache dir falls back to ~/.cache/jaxgen (Path('gs://...') is a local 'gs:')."""
+    from jaxgen import paths
     from jaxgen.metrics.features import default_cache_dir
 
-    return Path(cache_dir or default_cache_dir()) / FID_WEIGHTS_NAME
+    root = cache_dir or default_cache_dir()
+    if paths.is_remote(root):
+        root = Path.home() / ".cache" / "jaxgen"
+    return Path(root) / FID_WEIGHTS_NAME
 
 
 def fetch_fid_weights(weights_path: str | os.PathLike | None = None, *,
