@@ -1,0 +1,267 @@
+"""One- and few-step generators on the 2-D oracle: CD, CT, iCT, shortcut and SiD beside the teacher's own solver.
+
+    python -m experiments.one_step [--quick] [--out DIR]
+
+Setting `oracle-2d` (the 9-component 2-D mixture, data in about [-1, 1]); the teacher is the exact oracle
+denoiser D(x, sigma) = E[x0 | x0 + sigma n] (`GaussianMixture.denoise`), so every gap to the data is the
+student's. Every student is a small MLP (`MLPDenoiser`, 128 wide, 3 hidden layers; the shortcut model adds a
+step-size embedding), Adam, batch 256, evaluated with an EMA of its weights (0.995):
+
+    cd        consistency distillation: N = 18, one Heun step of the oracle's PF-ODE, EMA target mu = 0.95
+    ct        consistency training: adaptive N(k) 2 -> 150 and mu(k) from mu0 = 0.9
+    ict       improved CT: N 10 -> 1280 doubling, pseudo-Huber, lognormal pairs, 1/(sigma_{i+1} - sigma_i), no EMA target
+    shortcut  flow with step-size conditioning, M = 128 base steps, 1/4 self-consistency rows, EMA (0.999) targets
+    sid       SiD, alpha = 1.2, sigma_init = 2.5: generator and fake score both start from one MLP denoiser
+              pre-trained on the data (as SiD starts both from the teacher), the oracle is the teacher
+    teacher   the oracle's PF-ODE from sigma = 80: Euler (NFE = steps) and Heun (NFE = 2 x steps), and Heun at 64 NFE
+
+Consistency models sample with the multistep algorithm on the Karras grid (`consistency_sample_sigmas`),
+shortcut with n equal steps of size 1/n. Measured: `sw2` (sliced W2, 256 directions) and `mmd` against fresh
+oracle samples (4000 generated points); the `data` row is the noise floor (fresh against fresh).
+Figure: one_step.png, 1-NFE samples of every method beside the data and the teacher at 1 and 64 NFE.
+Expected: every one-step student far better than the teacher's 1-step sample (the posterior mean).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from jaxgen import diffusion as D  # noqa: E402
+from jaxgen.diffusion import consistency as C  # noqa: E402
+from jaxgen.diffusion import shortcut as SC  # noqa: E402
+from jaxgen.diffusion import sid as SID  # noqa: E402
+from jaxgen.nets import MLPDenoiser  # noqa: E402
+from jaxgen.nets.embeddings import TimeEmbedding  # noqa: E402
+from jaxgen.train.state import ema_update  # noqa: E402
+from experiments._report import markdown_table, prepare_out, sample_quality, save_figure, write_rows  # noqa: E402
+
+SETTING = "oracle-2d"
+SPEC = C.ConsistencySpec()
+BATCH, HIDDEN, DEPTH, EVAL_EMA = 256, 128, 3, 0.995
+
+
+class ShortcutMLP(nnx.Module):
+    """s(x, t, log2(1/d)): an MLPDenoiser whose time embedding is the sum of embeddings of t and of the
+    step level (level / 8 through the same kind of sinusoid embedding, so levels 0..7 are distinct)."""
+
+    def __init__(self, dim, rngs):
+        self.net = MLPDenoiser(dim, hidden=HIDDEN, depth=DEPTH, rngs=rngs)
+        self.demb = TimeEmbedding(64, HIDDEN, rngs=rngs)
+
+    def __call__(self, x, t, level):
+        net = self.net
+        e = jax.nn.silu(net.temb(t) + self.demb(level / 8.0))
+        h = net.inp(x) + e
+        for layer, proj in zip(net.layers, net.temb_proj):
+            h = jax.nn.silu(layer(h) + proj(e))
+        return net.out(h)
+
+
+def _split(module):
+    graph, params = nnx.split(module)
+    return (lambda p, *a, **k: nnx.merge(graph, p)(*a, **k)), params
+
+
+def _train(step_fn, carry, steps, key, chunk=100):
+    """Run `step_fn(carry, key) -> (carry, loss)` `steps` times, jitted in scanned chunks."""
+
+    @jax.jit
+    def run(carry, keys):
+        return jax.lax.scan(step_fn, carry, keys)
+
+    losses = []
+    for i in range(0, steps, chunk):
+        carry, ls = run(carry, jax.random.split(jax.random.fold_in(key, i), min(chunk, steps - i)))
+        losses.append(np.asarray(ls))
+    return carry, np.concatenate(losses)
+
+
+def train_consistency(kind, gm, steps, key, lr=1e-3):
+    """CD / CT / iCT: returns f(x, sigma) with the EMA weights."""
+    apply_net, params = _split(MLPDenoiser(2, hidden=HIDDEN, depth=DEPTH, rngs=nnx.Rngs(0)))
+    apply = lambda p, x_in, c_noise, key: apply_net(p, x_in, c_noise, key=key)  # noqa: E731
+    teacher = lambda x, s: gm.denoise(x, 1.0, s)  # noqa: E731
+    tx = optax.adam(lr)
+
+    def step(carry, key):
+        params, target, ema, opt, k = carry
+        k_data, k_loss = jax.random.split(key)
+        x0 = gm.sample(k_data, BATCH)
+        if kind == "cd":
+            loss_fn = lambda p: C.cd_loss(apply, p, target, x0, k_loss, teacher, 18, "heun", SPEC)  # noqa: E731
+            mu = 0.95
+        elif kind == "ct":
+            n = C.ct_num_scales(k, steps)
+            loss_fn = lambda p: C.ct_loss(apply, p, target, x0, k_loss, n, SPEC)  # noqa: E731
+            mu = C.ct_target_ema(k, steps)
+        else:
+            n = C.ict_num_scales(k, steps)
+            loss_fn = lambda p: C.ict_loss(apply, p, x0, k_loss, n, max_scales=1281, spec=SPEC)  # noqa: E731
+            mu = 0.0
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt = tx.update(grads, opt, params)
+        params = optax.apply_updates(params, updates)
+        target = ema_update(target, params, mu) if kind != "ict" else params
+        return (params, target, ema_update(ema, params, EVAL_EMA), opt, k + 1), loss
+
+    copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731
+    init = (params, copy(params), copy(params), tx.init(params), jnp.zeros((), jnp.int32))
+    (params, _, ema, _, _), losses = _train(step, init, steps, key)
+    return (lambda x, s: C.consistency_function(apply, ema, x, s, None, SPEC)), losses
+
+
+def train_shortcut(gm, steps, key, lr=1e-3):
+    apply_net, params = _split(ShortcutMLP(2, nnx.Rngs(0)))
+    apply = lambda p, x, t, level, key: apply_net(p, x, t, level)  # noqa: E731
+    tx = optax.adam(lr)
+
+    def step(carry, key):
+        params, target, ema, opt = carry
+        k_data, k_loss = jax.random.split(key)
+        x0 = gm.sample(k_data, BATCH)
+        (loss, _), grads = jax.value_and_grad(SC.shortcut_loss, 1, has_aux=True)(apply, params, target, x0, k_loss)
+        updates, opt = tx.update(grads, opt, params)
+        params = optax.apply_updates(params, updates)
+        return (params, ema_update(target, params, 0.999), ema_update(ema, params, EVAL_EMA), opt), loss
+
+    copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731
+    (_, _, ema, _), losses = _train(step, (params, copy(params), copy(params), tx.init(params)), steps, key)
+    return (lambda x, t, level: apply(ema, x, t, level, None)), losses
+
+
+def edm_denoiser_net(apply_net, sigma_data=0.5):
+    """EDM preconditioning: D(x, sigma) = c_skip x + c_out F(c_in x, log(sigma)/4) (Karras et al. 2022)."""
+
+    def D_(p, x, sigma, key=None):
+        s = sigma[:, None]
+        c_skip = sigma_data**2 / (s**2 + sigma_data**2)
+        c_out = s * sigma_data / jnp.sqrt(s**2 + sigma_data**2)
+        c_in = 1.0 / jnp.sqrt(s**2 + sigma_data**2)
+        return c_skip * x + c_out * apply_net(p, c_in * x, 0.25 * jnp.log(sigma), key=key)
+
+    return D_
+
+
+def train_sid(gm, steps, pre_steps, key, alpha=1.2, sigma_init=2.5, lr=1e-4):
+    """SiD: pre-train one EDM denoiser on the data (DSM), copy it into the fake score and the generator
+    G(z) = D(sigma_init z, sigma_init), then run the alternating SiD step against the oracle teacher."""
+    apply_net, params = _split(MLPDenoiser(2, hidden=HIDDEN, depth=DEPTH, rngs=nnx.Rngs(0)))
+    den = edm_denoiser_net(apply_net)
+    tx = optax.adam(1e-3)
+
+    def pre_step(carry, key):
+        params, opt = carry
+        k_data, k_loss = jax.random.split(key)
+        x0 = gm.sample(k_data, BATCH)
+        # EDM's lognormal training noise, P_mean = -1.2, P_std = 1.2
+        k_s, k_n = jax.random.split(k_loss)
+        sigma = jnp.exp(-1.2 + 1.2 * jax.random.normal(k_s, (BATCH,)))
+        w = (sigma**2 + 0.25) / (sigma * 0.5) ** 2
+        loss_fn = lambda p: jnp.mean(w * jnp.sum((den(p, x0 + sigma[:, None] * jax.random.normal(k_n, x0.shape),  # noqa: E731
+                                                        sigma) - x0) ** 2, -1))
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt = tx.update(grads, opt, params)
+        return (optax.apply_updates(params, updates), opt), loss
+
+    (params, _), _ = _train(pre_step, (params, tx.init(params)), pre_steps, jax.random.fold_in(key, 1))
+    gen_apply = lambda p, x_in, key: den(p, x_in, jnp.full((x_in.shape[0],), sigma_init), key)  # noqa: E731
+    teacher = lambda g, x, s: g.denoise(x, 1.0, s)  # noqa: E731
+    gen_tx, fake_tx = optax.adam(lr, b1=0.0), optax.adam(lr, b1=0.0)
+    state = SID.init_sid_state(params, jax.tree.map(jnp.copy, params), gen_tx, fake_tx)
+    sid_step = SID.make_sid_step(gen_apply, den, teacher, gen_tx, fake_tx, (BATCH, 2), alpha=alpha,
+                                 sigma_init=sigma_init)
+
+    def step(carry, key):
+        state, ema = carry
+        state, m = sid_step(state, gm, key)
+        return (state, ema_update(ema, state.gen_params, EVAL_EMA)), m["gen_loss"]
+
+    (state, ema), losses = _train(step, (state, jax.tree.map(jnp.copy, params)), steps, key)
+    return (lambda z: gen_apply(ema, sigma_init * z, None)), losses, int(state.gen_skipped)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default="experiments/results")
+    args = ap.parse_args(argv)
+    prepare_out(args.out)
+    steps = 1500 if args.quick else 5000
+    n = 2000 if args.quick else 4000
+    gm = D.oracle_2d()
+    data = gm.sample(jax.random.key(123), n)
+    kq = jax.random.key(7)
+    rows, samples = [], {}
+    t_all = time.time()
+
+    def add(method, nfe, x, **extra):
+        q = sample_quality(x, data, kq)
+        rows.append(dict(method=method, setting=SETTING, nfe=nfe, **q, **extra))
+        print(f"  {method:9s} nfe={nfe:3d} sw2={q['sw2']:.4f} mmd={q['mmd']:.5f}", flush=True)
+        if nfe == 1 or (method == "teacher-heun" and nfe == 64) or method == "data":
+            samples.setdefault(method if method != "teacher-heun" else f"teacher-heun {nfe}", np.asarray(x))
+
+    add("data", 0, gm.sample(jax.random.key(5), n))
+    p = D.EDM()
+    x_T = 80.0 * jax.random.normal(jax.random.key(11), (n, 2))
+    for solver, nfes in (("euler", (1, 2, 4)), ("heun", (2, 4, 64))):
+        for nfe in nfes:
+            ts = D.time_grid(p, nfe if solver == "euler" else nfe // 2)
+            add(f"teacher-{solver}", nfe, D.ode_sample(gm.denoise_fn(p), p, x_T, ts, solver))
+    key = jax.random.key(0)
+    for j, kind in enumerate(("cd", "ct", "ict")):
+        t0 = time.time()
+        f, losses = train_consistency(kind, gm, steps, jax.random.fold_in(key, j))
+        train_s = time.time() - t0
+        for nfe in (1, 2, 4):
+            x = C.consistency_sample(f, jax.random.fold_in(key, 100 + nfe), (n, 2), C.consistency_sample_sigmas(nfe))
+            add(kind, nfe, x, train_s=train_s, steps=steps, final_loss=float(np.mean(losses[-100:])))
+    t0 = time.time()
+    s_fn, losses = train_shortcut(gm, steps, jax.random.fold_in(key, 7))
+    train_s = time.time() - t0
+    eps = jax.random.normal(jax.random.key(12), (n, 2))
+    for nfe in (1, 2, 4, 128):
+        add("shortcut", nfe, SC.shortcut_sample(s_fn, eps, nfe), train_s=train_s, steps=steps,
+            final_loss=float(np.mean(losses[-100:])))
+    t0 = time.time()
+    g, losses, skipped = train_sid(gm, steps, 500 if args.quick else 2000, jax.random.fold_in(key, 9))
+    add("sid", 1, g(jax.random.normal(jax.random.key(13), (n, 2))), train_s=time.time() - t0, steps=steps,
+        final_loss=float(np.mean(losses[-100:])), skipped=skipped)
+    rows = write_rows(os.path.join(args.out, "one_step.json"), rows, [SETTING])
+    _figure(samples, os.path.join(args.out, "one_step.png"))
+    print(markdown_table(rows, ["method", "setting", "nfe", "sw2", "mmd", "train_s", "final_loss"]))
+    print(f"\n(total {time.time() - t_all:.0f} s, {steps} training steps per student)")
+
+
+def _figure(samples, path):
+    names = list(samples)
+    cols = 4
+    fig, axes = plt.subplots(math.ceil(len(names) / cols), cols, figsize=(3 * cols, 3 * math.ceil(len(names) / cols)))
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names):
+        x = samples[name][:2000]
+        ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.5)
+        ax.set_xlim(-1.2, 1.2)
+        ax.set_ylim(-1.2, 1.2)
+        ax.set_title(name if name.startswith(("data", "teacher-heun 64")) else f"{name}, 1 NFE", fontsize=9)
+        ax.set_aspect("equal")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
