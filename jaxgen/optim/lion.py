@@ -43,12 +43,13 @@ def scale_by_lion(b1: float = 0.9, b2: float = 0.99, mu_dtype: Any = None) -> op
     _check_beta("b1", b1)
     _check_beta("b2", b2)
     if mu_dtype is not None:
+        bad = ValueError(f"mu_dtype must be None or a floating dtype (e.g. jnp.bfloat16), got {mu_dtype!r}")
         try:
             mu_dtype = jnp.dtype(mu_dtype)
         except TypeError:
-            raise ValueError(f"mu_dtype must be None or a floating dtype (e.g. jnp.bfloat16), got {mu_dtype!r}") from None
+            raise bad from None
         if not jnp.issubdtype(mu_dtype, jnp.floating):
-            raise ValueError(f"mu_dtype must be None or a floating dtype (e.g. jnp.bfloat16), got {mu_dtype!r}")
+            raise bad
 
     def init_fn(params):
         return ScaleByLionState(mu=jax.tree.map(lambda p: jnp.zeros_like(p, dtype=mu_dtype or p.dtype), params))

@@ -62,11 +62,13 @@ class FSQ:
         if len(levels) == 0:
             raise ValueError(f"levels must be {accepted}, got ()")
         for lv in levels:
-            integral = isinstance(lv, (int, np.integer)) or isinstance(lv, (float, np.floating)) and float(lv).is_integer()
+            integral = isinstance(lv, (int, np.integer)) or (
+                isinstance(lv, (float, np.floating)) and float(lv).is_integer())
             if isinstance(lv, (bool, np.bool_)) or not integral or lv < 2:
                 raise ValueError(f"levels must be {accepted}, got {levels!r} (entry {lv!r})")
         if math.prod(levels) > 2**31 - 1:
-            raise ValueError(f"prod(levels) must be < 2**31 (int32 indices), got {math.prod(levels)} for levels {levels}")
+            raise ValueError(
+                f"prod(levels) must be < 2**31 (int32 indices), got {math.prod(levels)} for levels {levels}")
         eps = _checks.number("eps", eps, low=0, high=1, high_open=True)
         self.levels = tuple(int(lv) for lv in levels)
         self.eps = float(eps)
