@@ -20,6 +20,22 @@ install_requires = [
     "matplotlib>=3.9",
     "tqdm>=4.66",
     "absl-py>=2.1",
+    # gs:// workdirs, data dirs and experiment outputs (etils.epath -> gcsfs; tensorboardX -> google-cloud-storage)
+    "etils[epath]>=1.7",
+    "gcsfs>=2024.6",
+    "google-cloud-storage>=2.16",
+]
+
+# The test extra installs what the suite checks against: a real GCS API on localhost, deviceless TPU
+# compilation through libtpu, and the reference FID implementation (torch on CPU).
+test_requires = [
+    "pytest>=8",
+    "pytest-xdist>=3.5",
+    "gcp-storage-emulator>=2024.8",
+    f"jax[tpu]=={JAX}",
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "pytorch-fid==0.3.0",
 ]
 
 setup(
@@ -27,10 +43,10 @@ setup(
     version="0.1.0",
     description="Diffusion, state space models, FSQ/VQ and Lion in JAX, every formula checked numerically",
     packages=find_packages(include=["jaxgen", "jaxgen.*"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     install_requires=install_requires,
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        "test": test_requires,
         "tpu": [f"jax[tpu]=={JAX}"],
         "cuda": [f"jax[cuda12]=={JAX}"],
     },

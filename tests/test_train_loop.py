@@ -21,8 +21,6 @@ from jaxgen.train.loop import NonFiniteError, train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = "configs/ddpm_toy2d.py:smoke"
-# Constant lr: runs of different lengths share the same schedule, so they can be compared step by step.
-CONSTANT_LR = ["--config.optimizer.schedule=constant", "--config.optimizer.warmup_steps=0"]
 
 
 def _run(workdir, *overrides, devices=8, env=None, config=TOY, wait=True):
@@ -80,17 +78,28 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert steps and max(steps) == 4
 
 
+RESUME_STEPS = {"train.num_steps": "300", "train.log_every": "1", "train.checkpoint_every": "50"}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference losses of the resume tests, from one uninterrupted run (in-process, 8 devices)."""
+    workdir = tmp_path_factory.mktemp("full")
+    train_and_evaluate(_load(TOY, **RESUME_STEPS), str(workdir))
+    return _losses(workdir)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_resume_after_kill_is_bitwise_identical(tmp_path, sig):
-    steps = ["--config.train.num_steps=600", "--config.train.log_every=1", "--config.train.checkpoint_every=100"]
-    _run(tmp_path / "full", *steps)
+def test_resume_after_kill_is_bitwise_identical(tmp_path, sig, uninterrupted):
+    steps = [f"--config.{k}={v}" for k, v in RESUME_STEPS.items()]
+    n = int(RESUME_STEPS["train.num_steps"])
     proc = _run(tmp_path / "cut", *steps, wait=False)
     ckpt_dir = tmp_path / "cut" / "checkpoints"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:  # stop once one checkpoint is on disk
         if ckpt_dir.exists() and any(d.isdigit() for d in os.listdir(ckpt_dir)):
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be interrupted: " + proc.communicate()[1][-2000:]
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
@@ -98,27 +107,41 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path, sig):
         assert proc.returncode == 143, err[-2000:]
         assert "preempted: checkpoint of step" in err
     cut_at = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
-    assert 0 < cut_at < 600
+    assert 0 < cut_at < n
     _run(tmp_path / "cut", *steps)
-    full, resumed = _losses(tmp_path / "full"), _losses(tmp_path / "cut")
-    assert sorted(resumed) == list(range(1, 601))
-    assert [resumed[s] for s in range(cut_at + 1, 601)] == [full[s] for s in range(cut_at + 1, 601)]
+    resumed = _losses(tmp_path / "cut")
+    assert sorted(resumed) == list(range(1, n + 1))
+    assert [resumed[s] for s in range(cut_at + 1, n + 1)] == [uninterrupted[s] for s in range(cut_at + 1, n + 1)]
 
 
-def test_eight_devices_and_fsdp_match_one_and_restore_across_device_counts(tmp_path):
-    steps = ["--config.train.log_every=1", "--config.train.checkpoint_every=4", *CONSTANT_LR]
-    _run(tmp_path / "one", "--config.train.num_steps=8", *steps, devices=1)
-    _run(tmp_path / "eight", "--config.train.num_steps=8", *steps, devices=8)
-    _run(tmp_path / "switch", "--config.train.num_steps=4", *steps, devices=8)
-    _run(tmp_path / "switch", "--config.train.num_steps=8", *steps, devices=1)  # restores the 8-device checkpoint
+# Eight steps at a constant learning rate, a checkpoint after four: the reference of the device-count tests.
+STEPS8 = {"train.num_steps": "8", "train.log_every": "1", "train.checkpoint_every": "4",
+          "optimizer.schedule": "constant", "optimizer.warmup_steps": "0"}
+
+
+def _flags(overrides):
+    return [f"--config.{k}={v}" for k, v in overrides.items()]
+
+
+@pytest.fixture(scope="module")
+def eight_devices(tmp_path_factory):
+    """Losses of steps 1..8 on the tests' 8 emulated devices (in-process)."""
+    workdir = tmp_path_factory.mktemp("eight")
+    train_and_evaluate(_load(TOY, **STEPS8), str(workdir))
+    losses = _losses(workdir)
+    return [losses[s] for s in range(1, 9)]
+
+
+def test_one_device_and_fsdp_match_eight_and_restore_across_device_counts(tmp_path, eight_devices):
+    _run(tmp_path / "one", *_flags(STEPS8), devices=1)
     # 2 (data) x 4 (fsdp): every parameter with a dimension divisible by 4 is split over 4 devices.
-    _run(tmp_path / "fsdp", "--config.train.num_steps=8", "--config.mesh.fsdp=4", "--config.mesh.fsdp_min_size=1",
-         *steps, devices=8)
-    one, eight, switch, fsdp = (_losses(tmp_path / d) for d in ("one", "eight", "switch", "fsdp"))
-    want = [one[s] for s in range(1, 9)]
-    np.testing.assert_allclose([eight[s] for s in range(1, 9)], want, rtol=1e-5)
-    np.testing.assert_allclose([fsdp[s] for s in range(1, 9)], want, rtol=1e-5)
-    np.testing.assert_allclose([switch[s] for s in range(1, 9)], want, rtol=1e-5)
+    train_and_evaluate(_load(TOY, **STEPS8, **{"mesh.fsdp": "4", "mesh.fsdp_min_size": "1"}), str(tmp_path / "fsdp"))
+    train_and_evaluate(_load(TOY, **dict(STEPS8, **{"train.num_steps": "4"})), str(tmp_path / "switch"))
+    _run(tmp_path / "switch", *_flags(STEPS8), devices=1)  # restores the 8-device checkpoint onto 1 device
+    one, switch, fsdp = (_losses(tmp_path / d) for d in ("one", "switch", "fsdp"))
+    np.testing.assert_allclose([one[s] for s in range(1, 9)], eight_devices, rtol=1e-5)
+    np.testing.assert_allclose([fsdp[s] for s in range(1, 9)], eight_devices, rtol=1e-5)
+    np.testing.assert_allclose([switch[s] for s in range(1, 9)], eight_devices, rtol=1e-5)
 
 
 def _free_port():
@@ -127,18 +150,16 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_of_four_devices_match_one_of_eight(tmp_path):
-    steps = ["--config.train.num_steps=6", "--config.train.log_every=1", "--config.train.checkpoint_every=3"]
-    _run(tmp_path / "single", *steps, devices=8)
+def test_two_processes_of_four_devices_match_one_of_eight(tmp_path, eight_devices):
     port = _free_port()
-    procs = [_run(tmp_path / "multi", *steps, f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+    procs = [_run(tmp_path / "multi", *_flags(STEPS8), f"--config.distributed.coordinator_address=127.0.0.1:{port}",
                   "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}",
                   devices=4, wait=False) for i in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-    single, multi = _losses(tmp_path / "single"), _losses(tmp_path / "multi")
-    np.testing.assert_allclose([multi[s] for s in range(1, 7)], [single[s] for s in range(1, 7)], rtol=1e-5)
+    multi = _losses(tmp_path / "multi")
+    np.testing.assert_allclose([multi[s] for s in range(1, 9)], eight_devices, rtol=1e-5)
     with open(tmp_path / "multi" / "final_metrics.json") as f:
         assert np.isfinite(json.load(f)["eval/sw2"])
 
