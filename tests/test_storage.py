@@ -265,3 +265,63 @@ def test_experiment_outputs_on_gs(gcs_emulator, capsys):  # noqa: F811
     with pytest.raises(SystemExit) as e:
         _report.prepare_out("gs://no-such-bucket/exp")
     assert e.value.code == 2 and "gs://no-such-bucket/exp" in capsys.readouterr().err
+
+
+def test_sampling_and_classifier_caches_on_gs(gcs_emulator, monkeypatch):  # noqa: F811
+    import jax
+    import jax.numpy as jnp
+
+    from jaxgen import metrics
+    from jaxgen.tasks import ddpm
+
+    base = f"gs://{BUCKET}/caches"
+    calls = []
+
+    def estimate():
+        calls.append(1)
+        return np.array([0.5, 0.25])
+
+    for _ in range(2):  # the second call reads the cache
+        np.testing.assert_array_equal(ddpm._cached_gamma(f"{base}/gamma.json", [10, 20], estimate), [0.5, 0.25])
+    tree = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+    for _ in range(2):
+        got = ddpm._cached_pytree(f"{base}/head_step1", abstract, lambda: calls.append(2) or tree)
+        jax.tree.map(np.testing.assert_array_equal, got, tree)
+    assert calls == [1, 2]
+
+    from flax import nnx
+
+    class TinyClassifier(nnx.Module):  # Classifier's interface, no RNG initialisers to compile
+        made = 0
+
+        def __init__(self, in_channels, num_classes, image_size, width=32, *, rngs=None):
+            TinyClassifier.made += 1  # each instance has other weights: a loaded one shows the cached values
+            d = image_size * image_size * in_channels
+            self.feature_dim = 3
+            self.w = nnx.Param(jnp.asarray(np.random.default_rng(TinyClassifier.made).normal(size=(d, 3)), jnp.float32))
+            self.head = nnx.Param(jnp.ones((3, num_classes), jnp.float32))
+
+        def features(self, x):
+            return x.reshape(x.shape[0], -1) @ self.w[...]
+
+        def __call__(self, x):
+            return self.features(x) @ self.head[...]
+
+    # The cache is what is tested, not the training: a fresh network stands in for the trained one.
+    monkeypatch.setattr(metrics.features, "Classifier", TinyClassifier)
+    monkeypatch.setattr(metrics.features, "train_classifier", lambda xtr, ytr, *, num_classes, width, **k:
+                        TinyClassifier(xtr.shape[-1], num_classes, xtr.shape[1], width))
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(-1, 1, (16, 8, 8, 1)).astype(np.float32), np.arange(16) % 2
+    kw = dict(cache_dir=f"{base}/cls", width=4, num_steps=2, batch_size=8)
+    extractor, acc = metrics.classifier_features("d", x, y, x, y, **kw)
+
+    def fail(*a, **k):
+        raise AssertionError("retrained although cached")
+
+    monkeypatch.setattr(metrics.features, "train_classifier", fail)
+    extractor2, acc2 = metrics.classifier_features("d", x, y, x, y, **kw)
+    assert acc2 == acc
+    np.testing.assert_array_equal(extractor2(x), extractor(x))
+    assert [n.startswith("caches/cls/classifier_d_") for n in gcs_emulator.list("caches/cls/")] == [True]
