@@ -73,8 +73,20 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: {call} returned {type(config).__name__}, expected an "
                           f"ml_collections.ConfigDict (a missing 'return'?)")
+    _add_model_defaults(config)
     config.lock()
     return config
+
+
+# Keys every network config has (the compute and parameter dtypes), added where a config leaves them out.
+MODEL_DEFAULTS = dict(dtype="float32", param_dtype="float32")
+
+
+def _add_model_defaults(config: ml_collections.ConfigDict) -> None:
+    if isinstance(config.get("model"), ml_collections.ConfigDict):
+        for k, v in MODEL_DEFAULTS.items():
+            if k not in config.model:
+                config.model[k] = v
 
 
 def _parse_value(raw: str, current: Any, dotted: str) -> Any:
@@ -146,6 +158,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(t.log_every > 0, f"config.train.log_every must be > 0, got {t.log_every!r}")
     _require(t.checkpoint_every > 0, f"config.train.checkpoint_every must be > 0, got {t.checkpoint_every!r}")
     _require(t.keep_checkpoints >= 1, f"config.train.keep_checkpoints must be >= 1, got {t.keep_checkpoints!r}")
+    _check_knobs(config)
     _require(isinstance(t.get("resume_changed", False), bool),
              f"config.train.resume_changed must be true or false, got {t.get('resume_changed')!r}")
     from jaxgen.optim.factory import check_optimizer_config
@@ -159,6 +172,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(m.data == -1 or m.data >= 1, f"config.mesh.data must be >= 1 or -1 (all remaining devices), got {m.data!r}")
     _require(m.fsdp == -1 or m.fsdp >= 1, f"config.mesh.fsdp must be >= 1 or -1, got {m.fsdp!r}")
     _require(not (m.data == -1 and m.fsdp == -1), "config.mesh.data and config.mesh.fsdp cannot both be -1")
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _check_knobs(config: ml_collections.ConfigDict) -> None:
+    """grad_accum_steps, remat, profile_steps and the model's dtypes (when the config has them)."""
+    t = config.train
+    k = t.get("grad_accum_steps", 1)
+    _require(isinstance(k, int) and not isinstance(k, bool) and k >= 1,
+             f"config.train.grad_accum_steps must be an integer >= 1, got {k!r}")
+    _require(isinstance(t.get("remat", False), bool), f"config.train.remat must be true or false, got {t.get('remat')!r}")
+    p = tuple(t.get("profile_steps", ()) or ())
+    _require(p == () or (len(p) == 2 and all(isinstance(v, int) for v in p) and 0 <= p[0] < p[1]),
+             f"config.train.profile_steps must be () or (start, stop) with 0 <= start < stop, got {p!r}")
+    model = config.get("model")
+    for key in ("dtype", "param_dtype"):
+        if isinstance(model, ml_collections.ConfigDict) and key in model:
+            _require(model[key] in DTYPES, f"config.model.{key} must be one of {DTYPES}, got {model[key]!r}")
 
 
 def smoke_train(config: ml_collections.ConfigDict, num_steps: int = 4, batch_size: int = 16) -> None:
@@ -179,6 +211,12 @@ def base_config() -> ml_collections.ConfigDict:
         # Resuming a workdir whose config.json differs outside jaxgen.train.workdir.RESUME_ALLOWED stops
         # with exit 2; True accepts the change on purpose (the differences are logged).
         resume_changed=False,
+        # Optimizer update every grad_accum_steps steps on the mean gradient (optax.MultiSteps); each step
+        # still reads one batch of batch_size with its own key, so the update sees grad_accum_steps x batch_size.
+        grad_accum_steps=1,
+        remat=False,  # recompute activations in the backward pass (networks that support it: the UNet)
+        compile_cache_dir="",  # persistent XLA cache; "": $JAX_COMPILATION_CACHE_DIR or WORKDIR/compile_cache
+        profile_steps=(),  # (start, stop): jax.profiler trace of those steps into WORKDIR/tensorboard
     ))
     c.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=1e-3, schedule="constant", warmup_steps=0, weight_decay=0.0,

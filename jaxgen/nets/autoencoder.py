@@ -55,12 +55,12 @@ def _dropout(x: Array, rate: float, key: Array | None) -> Array:
 class ResBlock(nnx.Module):
     """h = conv(drop(silu(norm(conv(silu(norm(x))))))),  out = skip(x) + h  (skip = 1x1 conv if widths differ)."""
 
-    def __init__(self, c_in: int, c_out: int, *, dropout: float, dtype: Any, rngs: nnx.Rngs):
-        self.norm1 = nnx.GroupNorm(c_in, num_groups=_groups(c_in), dtype=dtype, rngs=rngs)
-        self.conv1 = nnx.Conv(c_in, c_out, (3, 3), dtype=dtype, rngs=rngs)
-        self.norm2 = nnx.GroupNorm(c_out, num_groups=_groups(c_out), dtype=dtype, rngs=rngs)
-        self.conv2 = nnx.Conv(c_out, c_out, (3, 3), dtype=dtype, rngs=rngs)
-        self.skip = nnx.Conv(c_in, c_out, (1, 1), dtype=dtype, rngs=rngs) if c_in != c_out else None
+    def __init__(self, c_in: int, c_out: int, *, dropout: float, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
+        self.norm1 = nnx.GroupNorm(c_in, num_groups=_groups(c_in), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.conv1 = nnx.Conv(c_in, c_out, (3, 3), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.norm2 = nnx.GroupNorm(c_out, num_groups=_groups(c_out), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.conv2 = nnx.Conv(c_out, c_out, (3, 3), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.skip = nnx.Conv(c_in, c_out, (1, 1), dtype=dtype, param_dtype=param_dtype, rngs=rngs) if c_in != c_out else None
         self.dropout = float(dropout)
 
     def __call__(self, x: Array, *, key: Array | None = None) -> Array:
@@ -77,20 +77,20 @@ class Encoder(nnx.Module):
     """x (B, H, W, C) -> z_e (B, H/2^n, W/2^n, latent_dim); stage i works at width channels[i]."""
 
     def __init__(self, in_channels: int, channels: Sequence[int], latent_dim: int, *, num_res_blocks: int,
-                 dropout: float, dtype: Any, rngs: nnx.Rngs):
-        self.stem = nnx.Conv(in_channels, channels[0], (3, 3), dtype=dtype, rngs=rngs)
+                 dropout: float, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
+        self.stem = nnx.Conv(in_channels, channels[0], (3, 3), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         blocks, downs = [], []
         c = channels[0]
         for i, ch in enumerate(channels):
             for _ in range(num_res_blocks):
-                blocks.append(ResBlock(c, ch, dropout=dropout, dtype=dtype, rngs=rngs))
+                blocks.append(ResBlock(c, ch, dropout=dropout, dtype=dtype, param_dtype=param_dtype, rngs=rngs))
                 c = ch
             if i < len(channels) - 1:
-                downs.append(nnx.Conv(c, c, (3, 3), strides=(2, 2), dtype=dtype, rngs=rngs))
+                downs.append(nnx.Conv(c, c, (3, 3), strides=(2, 2), dtype=dtype, param_dtype=param_dtype, rngs=rngs))
         self.blocks = nnx.List(blocks)
         self.downs = nnx.List(downs)
-        self.norm_out = nnx.GroupNorm(c, num_groups=_groups(c), dtype=dtype, rngs=rngs)
-        self.proj = nnx.Conv(c, latent_dim, (1, 1), dtype=dtype, rngs=rngs)
+        self.norm_out = nnx.GroupNorm(c, num_groups=_groups(c), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.proj = nnx.Conv(c, latent_dim, (1, 1), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.num_res_blocks, self.num_stages = num_res_blocks, len(channels)
 
     def __call__(self, x: Array, *, key: Array | None = None) -> Array:
@@ -109,21 +109,21 @@ class Decoder(nnx.Module):
     """z_q (B, h, w, latent_dim) -> x (B, h 2^n, w 2^n, out_channels); mirror of the encoder."""
 
     def __init__(self, out_channels: int, channels: Sequence[int], latent_dim: int, *, num_res_blocks: int,
-                 dropout: float, dtype: Any, rngs: nnx.Rngs):
+                 dropout: float, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
         rev = list(channels)[::-1]
-        self.stem = nnx.Conv(latent_dim, rev[0], (3, 3), dtype=dtype, rngs=rngs)
+        self.stem = nnx.Conv(latent_dim, rev[0], (3, 3), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         blocks, ups = [], []
         c = rev[0]
         for i, ch in enumerate(rev):
             for _ in range(num_res_blocks):
-                blocks.append(ResBlock(c, ch, dropout=dropout, dtype=dtype, rngs=rngs))
+                blocks.append(ResBlock(c, ch, dropout=dropout, dtype=dtype, param_dtype=param_dtype, rngs=rngs))
                 c = ch
             if i < len(rev) - 1:
-                ups.append(nnx.Conv(c, c, (3, 3), dtype=dtype, rngs=rngs))
+                ups.append(nnx.Conv(c, c, (3, 3), dtype=dtype, param_dtype=param_dtype, rngs=rngs))
         self.blocks = nnx.List(blocks)
         self.ups = nnx.List(ups)
-        self.norm_out = nnx.GroupNorm(c, num_groups=_groups(c), dtype=dtype, rngs=rngs)
-        self.out = nnx.Conv(c, out_channels, (3, 3), dtype=dtype, rngs=rngs)
+        self.norm_out = nnx.GroupNorm(c, num_groups=_groups(c), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.out = nnx.Conv(c, out_channels, (3, 3), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.num_res_blocks, self.num_stages = num_res_blocks, len(rev)
 
     def __call__(self, z: Array, *, key: Array | None = None) -> Array:
@@ -150,13 +150,14 @@ class QuantizedAutoencoder(nnx.Module):
       num_codes, latent_dim: VQ codebook size K and code dimension D; used for 'vq' / 'vq_ema'.
       beta, decay, eps, cosine, dead_threshold: VQ options (see jaxgen.quant.vq.VectorQuantizer).
       num_res_blocks, dropout, dtype: network options (dtype = compute dtype; quantisers work in float32).
+      param_dtype: dtype the parameters are stored in (float32 master weights by default).
     """
 
     def __init__(self, *, in_channels: int = 1, channels: Sequence[int] = (32, 64), quantizer: str = "fsq",
                  levels: Sequence[int] = (8, 5, 5, 5), num_codes: int = 512, latent_dim: int | None = None,
                  beta: float = 0.25, decay: float = 0.99, eps: float = 1e-5, cosine: bool = False,
                  dead_threshold: float = 0.0, num_res_blocks: int = 1, dropout: float = 0.0,
-                 dtype: Any = jnp.float32, rngs: nnx.Rngs):
+                 dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
         if quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
         channels = tuple(int(c) for c in channels)
@@ -182,7 +183,8 @@ class QuantizedAutoencoder(nnx.Module):
             self.vq = VectorQuantizer(num_codes, self.latent_dim, ema=(quantizer == "vq_ema"), beta=beta,
                                       decay=decay, eps=eps, cosine=cosine, dead_threshold=dead_threshold,
                                       rngs=rngs)
-        kw = dict(num_res_blocks=int(num_res_blocks), dropout=float(dropout), dtype=dtype, rngs=rngs)
+        kw = dict(num_res_blocks=int(num_res_blocks), dropout=float(dropout), dtype=dtype,
+                  param_dtype=param_dtype, rngs=rngs)
         self.encoder = Encoder(self.in_channels, channels, self.latent_dim, **kw)
         self.decoder = Decoder(self.in_channels, channels, self.latent_dim, **kw)
 

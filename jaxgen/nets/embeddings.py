@@ -61,11 +61,11 @@ def broadcast_time(t, batch: int) -> jax.Array:
 class TimeEmbedding(nnx.Module):
     """sinusoid(t, dim) -> Linear(dim, out) -> SiLU -> Linear(out, out)."""
 
-    def __init__(self, dim: int, out_dim: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, dim: int, out_dim: int, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.dim = dim
-        init = default_kernel_init()
-        self.dense0 = nnx.Linear(dim, out_dim, kernel_init=init, dtype=dtype, rngs=rngs)
-        self.dense1 = nnx.Linear(out_dim, out_dim, kernel_init=init, dtype=dtype, rngs=rngs)
+        kw = dict(kernel_init=default_kernel_init(), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.dense0 = nnx.Linear(dim, out_dim, **kw)
+        self.dense1 = nnx.Linear(out_dim, out_dim, **kw)
 
     def __call__(self, t_B: jax.Array) -> jax.Array:
         h = sinusoidal_embedding(t_B, self.dim)

@@ -23,11 +23,12 @@ class MLPDenoiser(nnx.Module):
     Args:
       dim: data dimension D.  hidden: width.  depth: hidden layers.  t_embed: sinusoid width.
       dropout: rate before each hidden layer, active only when `key` is given.
-      dtype: compute dtype (parameters stay float32; output float32).
+      dtype: compute dtype, e.g. "bfloat16" (output float32).
+      param_dtype: dtype the parameters are stored in (float32 master weights by default).
     """
 
     def __init__(self, dim: int, hidden: int = 256, depth: int = 3, t_embed: int = 64, *,
-                 dropout: float = 0.0, dtype=jnp.float32, rngs: nnx.Rngs):
+                 dropout: float = 0.0, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         for name, v in (("dim", dim), ("hidden", hidden), ("depth", depth)):
             if v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
@@ -35,11 +36,11 @@ class MLPDenoiser(nnx.Module):
             raise ValueError(f"t_embed must be >= 2, got {t_embed}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        dtype = jnp.dtype(dtype)  # also accepts names from configs, e.g. "bfloat16"
+        dtype, param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)  # also names, e.g. "bfloat16"
         self.dim, self.depth, self.dropout, self.dtype = dim, depth, dropout, dtype
         init = default_kernel_init()
-        kw = dict(kernel_init=init, dtype=dtype, rngs=rngs)
-        self.temb = TimeEmbedding(t_embed, hidden, dtype=dtype, rngs=rngs)
+        kw = dict(kernel_init=init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.temb = TimeEmbedding(t_embed, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.inp = nnx.Linear(dim, hidden, **kw)
         self.layers = nnx.List([nnx.Linear(hidden, hidden, **kw) for _ in range(depth)])
         self.temb_proj = nnx.List([nnx.Linear(hidden, hidden, **kw) for _ in range(depth)])

@@ -44,37 +44,50 @@ def group_count(channels: int, num_groups: int) -> int:
 class _Norm(nnx.Module):
     """GroupNorm computed in float32 (statistics in low precision are fragile), cast back."""
 
-    def __init__(self, channels: int, num_groups: int, *, rngs: nnx.Rngs):
+    def __init__(self, channels: int, num_groups: int, *, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.norm = nnx.GroupNorm(channels, num_groups=group_count(channels, num_groups),
-                                  epsilon=1e-6, dtype=jnp.float32, rngs=rngs)
+                                  epsilon=1e-6, dtype=jnp.float32, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x):
         return self.norm(x.astype(jnp.float32)).astype(x.dtype)
 
 
-def _conv(cin, cout, k=3, stride=1, *, zero=False, dtype, rngs):
+def _conv(cin, cout, k=3, stride=1, *, zero=False, dtype, param_dtype, rngs):
     return nnx.Conv(cin, cout, (k, k), strides=stride, padding="SAME",
                     kernel_init=zero_init() if zero else default_kernel_init(),
-                    dtype=dtype, rngs=rngs)
+                    dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
-def _dense(cin, cout, *, zero=False, dtype, rngs):
+def _dense(cin, cout, *, zero=False, dtype, param_dtype, rngs):
     return nnx.Linear(cin, cout, kernel_init=zero_init() if zero else default_kernel_init(),
-                      dtype=dtype, rngs=rngs)
+                      dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 class ResBlock(nnx.Module):
     def __init__(self, cin: int, cout: int, temb_dim: int, *, dropout: float, num_groups: int,
-                 dtype, rngs: nnx.Rngs):
-        self.dropout = dropout
-        self.norm0 = _Norm(cin, num_groups, rngs=rngs)
-        self.conv0 = _conv(cin, cout, dtype=dtype, rngs=rngs)
-        self.temb_proj = _dense(temb_dim, cout, dtype=dtype, rngs=rngs)
-        self.norm1 = _Norm(cout, num_groups, rngs=rngs)
-        self.conv1 = _conv(cout, cout, zero=True, dtype=dtype, rngs=rngs)
-        self.skip = _dense(cin, cout, dtype=dtype, rngs=rngs) if cin != cout else None
+                 dtype, param_dtype, remat: bool = False, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.dropout, self.remat = dropout, remat
+        self.norm0 = _Norm(cin, num_groups, param_dtype=param_dtype, rngs=rngs)
+        self.conv0 = _conv(cin, cout, **kw)
+        self.temb_proj = _dense(temb_dim, cout, **kw)
+        self.norm1 = _Norm(cout, num_groups, param_dtype=param_dtype, rngs=rngs)
+        self.conv1 = _conv(cout, cout, zero=True, **kw)
+        self.skip = _dense(cin, cout, **kw) if cin != cout else None
 
     def __call__(self, x_BHWC, temb_BT, key):
+        if self.remat:  # keep only the block's inputs for the backward pass; recompute the rest
+            # jax.checkpoint of a pure function of the block's state: nnx.remat writes the state back
+            # after the call, which fails when the UNet was merged outside the current trace (sampling).
+            graphdef, state = nnx.split(self)
+
+            def forward(state, x, temb, key):
+                return nnx.merge(graphdef, state)._forward(x, temb, key)
+
+            return jax.checkpoint(forward)(state, x_BHWC, temb_BT, key)
+        return self._forward(x_BHWC, temb_BT, key)
+
+    def _forward(self, x_BHWC, temb_BT, key):
         h = self.conv0(jax.nn.silu(self.norm0(x_BHWC)))
         h = h + self.temb_proj(jax.nn.silu(temb_BT))[:, None, None, :].astype(h.dtype)
         h = jax.nn.silu(self.norm1(h))
@@ -84,15 +97,16 @@ class ResBlock(nnx.Module):
 
 
 class AttnBlock(nnx.Module):
-    def __init__(self, channels: int, *, num_heads: int, num_groups: int, dtype, rngs: nnx.Rngs):
+    def __init__(self, channels: int, *, num_heads: int, num_groups: int, dtype, param_dtype, rngs: nnx.Rngs):
         if channels % num_heads:
             raise ValueError(f"num_heads must divide the channel count {channels}, got {num_heads}")
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.num_heads = num_heads
-        self.norm = _Norm(channels, num_groups, rngs=rngs)
-        self.q = _dense(channels, channels, dtype=dtype, rngs=rngs)
-        self.k = _dense(channels, channels, dtype=dtype, rngs=rngs)
-        self.v = _dense(channels, channels, dtype=dtype, rngs=rngs)
-        self.proj = _dense(channels, channels, zero=True, dtype=dtype, rngs=rngs)
+        self.norm = _Norm(channels, num_groups, param_dtype=param_dtype, rngs=rngs)
+        self.q = _dense(channels, channels, **kw)
+        self.k = _dense(channels, channels, **kw)
+        self.v = _dense(channels, channels, **kw)
+        self.proj = _dense(channels, channels, zero=True, **kw)
 
     def __call__(self, x_BHWC):
         B, H, W, C = x_BHWC.shape
@@ -106,8 +120,8 @@ class AttnBlock(nnx.Module):
 
 
 class Downsample(nnx.Module):
-    def __init__(self, channels, *, dtype, rngs):
-        self.conv = _conv(channels, channels, stride=2, dtype=dtype, rngs=rngs)
+    def __init__(self, channels, *, dtype, param_dtype, rngs):
+        self.conv = _conv(channels, channels, stride=2, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x):
         # DDPM pads (0, 1) before a VALID stride-2 conv; SAME padding on even sizes is the same.
@@ -115,8 +129,8 @@ class Downsample(nnx.Module):
 
 
 class Upsample(nnx.Module):
-    def __init__(self, channels, *, dtype, rngs):
-        self.conv = _conv(channels, channels, dtype=dtype, rngs=rngs)
+    def __init__(self, channels, *, dtype, param_dtype, rngs):
+        self.conv = _conv(channels, channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x):
         x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # nearest neighbour x2
@@ -162,15 +176,18 @@ class UNet(nnx.Module):
       image_size: side length the attention layout is built for (H == W == image_size).
       num_groups: GroupNorm groups, lowered to the largest divisor of each channel count.
       num_heads: attention heads (DDPM: 1).
-      dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32, GroupNorm and
-        softmax run in float32, and the output is float32.
+      dtype: compute dtype (e.g. jnp.bfloat16 or "bfloat16"); GroupNorm and softmax run in
+        float32, and the output is float32.
+      param_dtype: dtype the parameters are stored in (float32 master weights by default).
+      remat: recompute each residual block's activations in the backward pass (nnx.remat) instead of
+        storing them: less memory for about one more forward pass of compute.
     """
 
     def __init__(self, in_channels: int, out_channels: int | None = None, ch: int = 128,
                  ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 2,
                  attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1,
                  image_size: int = 32, num_groups: int = 32, num_heads: int = 1, *,
-                 dtype=jnp.float32, rngs: nnx.Rngs):
+                 dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False, rngs: nnx.Rngs):
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels}")
         out_channels = in_channels if out_channels is None else out_channels
@@ -198,11 +215,11 @@ class UNet(nnx.Module):
                              f"got {bad}")
 
         self.in_channels, self.out_channels, self.image_size = in_channels, out_channels, image_size
-        dtype = jnp.dtype(dtype)  # also accepts names from configs, e.g. "bfloat16"
+        dtype, param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)  # also names, e.g. "bfloat16"
         self.dtype = dtype
         temb_dim = 4 * ch
-        kw = dict(dtype=dtype, rngs=rngs)
-        res_kw = dict(dropout=dropout, num_groups=num_groups, **kw)
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        res_kw = dict(dropout=dropout, num_groups=num_groups, remat=bool(remat), **kw)
         attn_kw = dict(num_heads=num_heads, num_groups=num_groups, **kw)
 
         self.temb = TimeEmbedding(ch, temb_dim, **kw)
@@ -240,7 +257,7 @@ class UNet(nnx.Module):
         assert not skips
         self.up = nnx.List(up)
 
-        self.norm_out = _Norm(c, num_groups, rngs=rngs)
+        self.norm_out = _Norm(c, num_groups, param_dtype=param_dtype, rngs=rngs)
         self.conv_out = _conv(c, out_channels, zero=True, **kw)
         self.num_dropout_sites = (levels * num_res_blocks + 2 + levels * (num_res_blocks + 1))
 

@@ -43,7 +43,8 @@ from jaxgen.metrics.codebook import codebook_usage, perplexity
 from jaxgen.nets.autoencoder import QUANTIZERS, QuantizedAutoencoder, update_quantizer_state
 from jaxgen.optim import make_optimizer
 from jaxgen.tasks import Task
-from jaxgen.train.state import create_train_state, make_train_step
+from jaxgen.train.state import (check_supported, create_train_state, make_train_step, optimizer_updates,
+                                 with_grad_accum)
 
 INITS = ("kmeans++", "batch", "random")
 
@@ -77,7 +78,8 @@ def make_model(config, info, rngs: nnx.Rngs) -> QuantizedAutoencoder:
             in_channels=info.shape[-1], channels=tuple(m.channels), quantizer=q.name, levels=tuple(q.levels),
             num_codes=q.num_codes, latent_dim=None if q.name == "fsq" else q.latent_dim, beta=q.beta,
             decay=q.decay, eps=q.eps, cosine=q.cosine, dead_threshold=q.dead_threshold,
-            num_res_blocks=m.num_res_blocks, dropout=m.dropout, rngs=rngs)
+            num_res_blocks=m.num_res_blocks, dropout=m.dropout, dtype=m.get("dtype", "float32"),
+            param_dtype=m.get("param_dtype", "float32"), rngs=rngs)
     except ValueError as err:
         raise ConfigError(f"config.model / config.quantizer: {err}") from None
 
@@ -101,13 +103,14 @@ def code_statistics(indices: np.ndarray, codebook_size: int) -> dict[str, float]
 
 
 def build(config) -> Task:
+    check_supported(config, "autoencoder", low_precision=True)
     try:
         info = data_lib.dataset_info(config.data)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     _validate(config, info)
     q = config.quantizer
-    tx_builder, lr_schedule = make_optimizer(config.optimizer, config.train.num_steps)
+    tx_builder, lr_schedule = make_optimizer(config.optimizer, optimizer_updates(config.train))
 
     def new_model(key):
         return make_model(config, info, nnx.Rngs(params=key))
@@ -115,7 +118,7 @@ def build(config) -> Task:
     abstract_model = nnx.eval_shape(lambda: new_model(jax.random.key(0)))
     graphdef, abstract_params, _ = nnx.split(abstract_model, nnx.Param, ...)
     codebook_size = abstract_model.codebook_size
-    tx = tx_builder(abstract_params)
+    tx = with_grad_accum(tx_builder(abstract_params), config.train)
     is_vq = q.name != "fsq"
     restarts = is_vq and q.restart_every > 0 and q.dead_threshold > 0
 

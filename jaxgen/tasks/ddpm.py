@@ -45,7 +45,7 @@ from jaxgen import diffusion, metrics, paths, viz
 from jaxgen.config import ConfigError
 from jaxgen.optim import make_optimizer
 from jaxgen.tasks import Task
-from jaxgen.train.state import create_train_state, make_train_step
+from jaxgen.train.state import create_train_state, make_train_step, optimizer_updates, with_grad_accum
 
 MODELS = ("unet", "mlp")
 ODE_SAMPLERS = ("euler", "heun", "dpm2", "amed")
@@ -156,7 +156,8 @@ def sample(eps_fn, schedule, shape, key, ev, *, variances=None, cov_fn=None, rc_
     return diffusion.ddim_sample(eps_fn, schedule, shape, key, K, eta=ev.eta, skip=ev.skip, clip_x0=ev.clip_x0)
 
 
-def make_model(model_config, info, rngs: nnx.Rngs) -> nnx.Module:
+def make_model(model_config, info, rngs: nnx.Rngs, remat: bool = False) -> nnx.Module:
+    """The network of config.model (its keys are the network's arguments); remat: config.train.remat."""
     kwargs = {k: v for k, v in model_config.items() if k != "name"}
     if model_config.name == "unet":
         from jaxgen.nets.unet import UNet
@@ -164,7 +165,7 @@ def make_model(model_config, info, rngs: nnx.Rngs) -> nnx.Module:
         if len(info.shape) != 3:
             raise ConfigError(f"config.model.name='unet' needs image data (H, W, C); '{info.name}' has shape {info.shape}")
         try:
-            return UNet(in_channels=info.shape[-1], image_size=info.shape[0], rngs=rngs, **kwargs)
+            return UNet(in_channels=info.shape[-1], image_size=info.shape[0], remat=remat, rngs=rngs, **kwargs)
         except (ValueError, TypeError) as e:  # the network's own argument checks name the key
             raise ConfigError(f"config.model: {e}") from None
     if model_config.name == "mlp":
@@ -172,6 +173,9 @@ def make_model(model_config, info, rngs: nnx.Rngs) -> nnx.Module:
 
         if len(info.shape) != 1:
             raise ConfigError(f"config.model.name='mlp' needs vector data (D,); '{info.name}' has shape {info.shape}")
+        if remat:
+            raise ConfigError("config.train.remat=True is not supported by the MLP denoiser (only by "
+                              "config.model.name='unet'); set it to False")
         try:
             return MLPDenoiser(dim=info.shape[0], rngs=rngs, **kwargs)
         except (ValueError, TypeError) as e:
@@ -211,13 +215,13 @@ def build(config) -> Task:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_steps)
-    tx_builder, lr_schedule = make_optimizer(config.optimizer, config.train.num_steps)
+    tx_builder, lr_schedule = make_optimizer(config.optimizer, optimizer_updates(config.train))
 
     def new_model(key):
-        return make_model(config.model, info, nnx.Rngs(params=key))
+        return make_model(config.model, info, nnx.Rngs(params=key), remat=config.train.get("remat", False))
 
     graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: new_model(jax.random.key(0))), nnx.Param)
-    tx = tx_builder(abstract_params)
+    tx = with_grad_accum(tx_builder(abstract_params), config.train)
 
     def eps_fn(params, key=None):
         model = nnx.merge(graphdef, params)
@@ -353,7 +357,8 @@ def load_trained(config, workdir: str):
     schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_steps)
     graphdef, abstract_params = nnx.split(
         nnx.eval_shape(lambda: make_model(config.model, info, nnx.Rngs(params=jax.random.key(0)))), nnx.Param)
-    tx = make_optimizer(config.optimizer, config.train.num_steps)[0](abstract_params)
+    tx = with_grad_accum(make_optimizer(config.optimizer, optimizer_updates(config.train))[0](abstract_params),
+                         config.train)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                             jax.eval_shape(lambda p: create_train_state(p, tx, config.ema_decay), abstract_params))

@@ -44,7 +44,8 @@ from jaxgen import config as config_lib
 from jaxgen.config import ConfigError
 from jaxgen.optim import make_optimizer
 from jaxgen.tasks import Task
-from jaxgen.train.state import create_train_state, make_train_step
+from jaxgen.train.state import (check_supported, create_train_state, make_train_step, optimizer_updates,
+                                 with_grad_accum)
 
 SSMS = ("s4d", "s4", "lru")
 POOLINGS = ("mean", "last")
@@ -193,10 +194,11 @@ def _validate(config, info) -> None:
 def build(config) -> Task:
     info = data_info(config)
     _validate(config, info)
+    check_supported(config, "sequence model")
     H, W, C = info.shape
     L = H * W
     perm = jnp.asarray(fixed_permutation(L, config.sequence.permutation_seed)) if config.sequence.permute else None
-    tx_builder, lr_schedule = make_optimizer(config.optimizer, config.train.num_steps)
+    tx_builder, lr_schedule = make_optimizer(config.optimizer, optimizer_updates(config.train))
     use_dropout = config.model.dropout > 0
 
     def new_model(key):
@@ -204,7 +206,7 @@ def build(config) -> Task:
                           pooling=config.model.pooling, tokens=False, rngs=nnx.Rngs(params=key))
 
     graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: new_model(jax.random.key(0))), nnx.Param)
-    tx = tx_builder(abstract_params)
+    tx = with_grad_accum(tx_builder(abstract_params), config.train)
 
     def logits_fn(params, x_BHWC, key=None):
         return nnx.merge(graphdef, params)(image_to_sequence(x_BHWC, perm), key=key)

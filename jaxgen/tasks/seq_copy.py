@@ -40,7 +40,8 @@ from jaxgen.config import ConfigError
 from jaxgen.optim import make_optimizer
 from jaxgen.tasks import Task
 from jaxgen.tasks.seq_classify import eval_params, make_model, model_config, ssm_param_groups
-from jaxgen.train.state import create_train_state, make_train_step
+from jaxgen.train.state import (check_supported, create_train_state, make_train_step, optimizer_updates,
+                                 with_grad_accum)
 
 MODES = ("copy", "selective")
 
@@ -106,11 +107,12 @@ def _validate(config) -> None:
 
 def build(config) -> Task:
     _validate(config)
+    check_supported(config, "sequence model")
     cp = config.copy
     K, M = cp.num_tokens, cp.vocab_size
     L = 2 * K + cp.lag
     make = dict(mode=cp.mode, num_tokens=K, vocab_size=M, lag=cp.lag)
-    tx_builder, lr_schedule = make_optimizer(config.optimizer, config.train.num_steps)
+    tx_builder, lr_schedule = make_optimizer(config.optimizer, optimizer_updates(config.train))
     use_dropout = config.model.dropout > 0
 
     def new_model(key):
@@ -118,7 +120,7 @@ def build(config) -> Task:
                           rngs=nnx.Rngs(params=key))
 
     graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: new_model(jax.random.key(0))), nnx.Param)
-    tx = tx_builder(abstract_params)
+    tx = with_grad_accum(tx_builder(abstract_params), config.train)
 
     def init(key):
         _, params = nnx.split(new_model(key), nnx.Param)

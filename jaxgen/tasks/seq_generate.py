@@ -46,7 +46,8 @@ from jaxgen.optim import make_optimizer
 from jaxgen.tasks import Task
 from jaxgen.tasks.seq_classify import (batched_sums, data_info, eval_params, make_model, model_config,
                                        ssm_param_groups)
-from jaxgen.train.state import create_train_state, make_train_step
+from jaxgen.train.state import (check_supported, create_train_state, make_train_step, optimizer_updates,
+                                 with_grad_accum)
 
 EVAL_DEFAULTS = dict(batch_size=500, num_samples=100, temperature=1.0, score_samples=True)
 
@@ -163,12 +164,13 @@ def bos_tokens(config, labels_B):
 def build(config) -> Task:
     info = data_info(config)
     _validate(config, info)
+    check_supported(config, "sequence model")
     levels, L = config.sequence.levels, math.prod(info.shape)
-    tx_builder, lr_schedule = make_optimizer(config.optimizer, config.train.num_steps)
+    tx_builder, lr_schedule = make_optimizer(config.optimizer, optimizer_updates(config.train))
     use_dropout = config.model.dropout > 0
     graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: new_model(config, info, jax.random.key(0))),
                                           nnx.Param)
-    tx = tx_builder(abstract_params)
+    tx = with_grad_accum(tx_builder(abstract_params), config.train)
 
     def sequences(batch):
         tokens = image_tokens(batch["x"], levels)

@@ -7,6 +7,7 @@ so a checkpoint written on 8 devices restores onto 1 (or the other way round).
 
 from __future__ import annotations
 
+import json
 import os
 
 import grain
@@ -14,6 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxgen import paths
+from jaxgen.config import ConfigError
 
 
 class Checkpointer:
@@ -35,11 +37,26 @@ class Checkpointer:
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def restore(self, step: int, abstract_state, data_iterator=None):
-        """Returns the state; restores the iterator's position in place."""
+        """Returns the state; restores the iterator's position in place.
+
+        A checkpoint saved by another number of processes restores too: each process's iterator state is
+        the index of the next global batch (jaxgen.data.pipeline), the same in every saved file."""
         items = {"state": ocp.args.StandardRestore(abstract_state)}
-        if data_iterator is not None:
+        data_dir = paths.join(self.directory, str(step), "data")
+        own = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        remap = data_iterator is not None and not paths.exists(paths.join(data_dir, own))
+        if data_iterator is not None and not remap:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+        state = self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+        if remap:
+            saved = {n: json.loads(paths.read_text(paths.join(data_dir, n)))
+                     for n in paths.listdir(data_dir) if n.startswith("process_") and n.endswith(".json")}
+            if not saved or any(v != next(iter(saved.values())) for v in saved.values()):
+                why = f"its data iterator states {sorted(saved)} differ" if saved else "it holds no data iterator state"
+                raise ConfigError(f"checkpoint {paths.join(self.directory, str(step))} cannot resume on "
+                                  f"{jax.process_count()} process(es): {why}")
+            data_iterator.set_state(next(iter(saved.values())))
+        return state
 
     def reached_preemption(self, step: int) -> bool:
         """True on every process at the same step once any process got a preemption notice

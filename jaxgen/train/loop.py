@@ -33,52 +33,148 @@ class NonFiniteError(RuntimeError):
 
 
 class Preempted(RuntimeError):
-    """SIGTERM (or a preemption notice) arrived; a checkpoint of the current step was written."""
+    """SIGTERM, SIGINT or a preemption notice arrived; a checkpoint of the step all processes agreed
+    on was written. `exit_code` is 130 (128 + SIGINT) where Ctrl-C was pressed, else 143 (128 + SIGTERM)."""
+
+    def __init__(self, message: str, exit_code: int = 143):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
-_MULTIHOST_ENV = ("JAX_COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS")
+def _detected_cluster() -> str | None:
+    """The name of the cluster JAX's own auto-detection finds (Cloud TPU VM / GKE TPU, SLURM, Open MPI,
+    Kubernetes), or None. Asks the same `ClusterEnv` registry `jax.distributed.initialize()` uses."""
+    try:
+        from jax._src.clusters import ClusterEnv
+    except ImportError:  # the registry moved: fall back to the environment variables JAX reads
+        keys = ("JAX_COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
+                "TPU_PROCESS_ADDRESSES", "SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri")
+        return next((k for k in keys if os.environ.get(k)), None)
+    for env in ClusterEnv._cluster_types:
+        if not env.opt_in_only_method and env.is_env_present():
+            return env.__name__
+    return None
 
 
 def maybe_initialize_distributed(dist_config) -> None:
-    """jax.distributed.initialize() when asked to, or ('auto') when the environment is multi-host."""
+    """Start `jax.distributed` when the run spans several processes; print which process this is.
+
+    config.distributed.initialize: 'auto' (default) starts it when JAX's cluster detection finds a
+    cluster (a Cloud TPU VM slice, GKE, SLURM, Open MPI) and lets JAX find the coordinator and process
+    ids; 'true' always; 'false' never. An explicit coordinator_address (with num_processes and
+    process_id) always starts it with those values (CPU devices then talk over gloo). Must run before
+    anything starts the JAX backend.
+    """
     mode = str(dist_config.initialize).lower()
-    if mode in ("false", "never", "0") or jax.distributed.is_initialized():
+    if mode not in ("auto", "true", "always", "1", "false", "never", "0"):
+        raise ConfigError(f"config.distributed.initialize must be 'auto', 'true' or 'false', got "
+                          f"'{dist_config.initialize}'")
+    if jax.distributed.is_initialized() or mode in ("false", "never", "0"):
         return
-    explicit = bool(dist_config.coordinator_address)
-    multihost_env = (any(os.environ.get(v) for v in _MULTIHOST_ENV)
-                     or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-                     or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""))
-    if mode in ("true", "always", "1") or explicit or (mode == "auto" and multihost_env):
-        if explicit:
-            # Cross-process collectives for CPU devices (a no-op for TPU/GPU); must precede backend start.
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
-            jax.distributed.initialize(coordinator_address=dist_config.coordinator_address,
-                                       num_processes=dist_config.num_processes,
-                                       process_id=dist_config.process_id)
-        else:
-            jax.distributed.initialize()
+    if dist_config.coordinator_address:
+        if dist_config.num_processes < 1 or not 0 <= dist_config.process_id < dist_config.num_processes:
+            raise ConfigError(
+                f"config.distributed.coordinator_address is set, so config.distributed.num_processes (got "
+                f"{dist_config.num_processes}) must be >= 1 and config.distributed.process_id (got "
+                f"{dist_config.process_id}) in [0, num_processes)")
+        # Cross-process collectives for CPU devices (a no-op for TPU/GPU); must precede backend start.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=dist_config.coordinator_address,
+                                   num_processes=dist_config.num_processes, process_id=dist_config.process_id)
+    elif mode in ("true", "always", "1") or _detected_cluster() is not None:
+        jax.distributed.initialize()
 
 
-class _SigtermFlag:
-    """Turns SIGTERM into a flag the loop polls, so the current step finishes and is checkpointed."""
+def enable_compile_cache(directory: str, workdir: str) -> str:
+    """Turn on JAX's persistent compilation cache in `directory`, else $JAX_COMPILATION_CACHE_DIR, else
+    WORKDIR/compile_cache, so that a restarted run (after a preemption) loads its executables instead of
+    compiling them. gs:// works too (JAX reads and writes the cache through etils.epath). Only compilations
+    longer than `jax_persistent_cache_min_compile_time_secs` (JAX's default 1 s) are stored."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    directory = directory or os.environ.get("JAX_COMPILATION_CACHE_DIR") or paths.join(workdir, "compile_cache")
+    if jax.config.jax_compilation_cache_dir != directory:
+        jax.config.update("jax_compilation_cache_dir", directory)
+        compilation_cache.reset_cache()  # a cache opened earlier in this process points elsewhere
+    return directory
+
+
+class _Profiler:
+    """`train.profile_steps=(start, stop)`: a jax.profiler trace of steps start..stop-1 (0-based) into
+    `directory` (the workdir's TensorBoard directory: its Profile tab shows it)."""
+
+    def __init__(self, steps, directory: str):
+        self.steps, self.directory, self.active = tuple(steps or ()), directory, False
+
+    def before(self, step: int) -> None:
+        if self.steps and not self.active and self.steps[0] <= step < self.steps[1]:
+            jax.profiler.start_trace(self.directory)
+            self.active = True
+
+    def after(self, done: int, state) -> None:
+        if self.active and done >= self.steps[1]:
+            jax.block_until_ready(state)  # the trace holds the last step's device work
+            self.close()
+
+    def close(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
+
+
+def process_line() -> str:
+    """'process i of n (L local / G global devices, PLATFORM)': printed once per run by every process."""
+    return (f"process {jax.process_index()} of {jax.process_count()} ({jax.local_device_count()} local / "
+            f"{jax.device_count()} global devices, {jax.default_backend()})")
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT -> a stop at a step every process agrees on, then a checkpoint of that step.
+
+    Without jax.distributed, Python handlers set flags the loop reads after each step. With it, JAX's
+    preemption notifier owns SIGTERM (a Python SIGTERM handler would replace it, and the hosts would
+    never agree), every process polls the sync point `reached_preemption_sync_point(step)` each step and
+    all of them stop at the same step; a SIGINT is then forwarded to that notifier as a SIGTERM to this
+    process. After the first SIGINT the default action is restored, so a second Ctrl-C stops at once.
+    """
 
     def __init__(self):
-        self.received = False
-        self._previous = None
+        self.distributed = jax.distributed.is_initialized()
+        self.interrupted = self.terminated = False
+        self._previous: dict = {}
 
     def __enter__(self):
+        handlers = {signal.SIGINT: self._on_sigint}
+        if not self.distributed:
+            handlers[signal.SIGTERM] = self._on_sigterm
         try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread
-            self._previous = None
+            for sig, handler in handlers.items():
+                self._previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: signals stay as they were
+            pass
         return self
 
-    def _handle(self, signum, frame):
-        self.received = True
+    def _on_sigterm(self, signum, frame):
+        self.terminated = True
+
+    def _on_sigint(self, signum, frame):
+        self.interrupted = True
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if self.distributed:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def stop_at(self, step: int) -> bool:
+        """Call once per step with increasing `step`: True when every process must stop after it."""
+        if self.distributed:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.interrupted or self.terminated
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            if previous is not None:
+                signal.signal(sig, previous)
 
 
 def _write_config(config, workdir: str) -> None:
@@ -159,6 +255,8 @@ def train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
 
 def _train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
     maybe_initialize_distributed(config.distributed)
+    print(process_line(), flush=True)
+    enable_compile_cache(config.train.get("compile_cache_dir", ""), workdir)
     task = task if task is not None else tasks_lib.build(config)
 
     mesh = run_mesh(config)
@@ -240,18 +338,22 @@ def _train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
         return metrics
 
     final_metrics: dict = {}
+    profiler = _Profiler(cfg.get("profile_steps", ()), paths.join(workdir, "tensorboard"))
     try:
-        with _SigtermFlag() as sigterm:
+        with _StopSignals() as stop:
             for step in range(start, num_steps):
+                profiler.before(step)
                 batch = mesh_lib.global_batch(next(iterator), batch_sharding)
                 state, metrics = train_step(state, batch, jnp.asarray(step, jnp.int32))
                 pending.append((step, metrics))
                 done = step + 1
-                if sigterm.received or ckpt.reached_preemption(done):
+                profiler.after(done, state)
+                if stop.stop_at(done):
                     save(done)
                     ckpt.wait()
-                    raise Preempted(f"preempted: checkpoint of step {done} written to {ckpt.directory}; "
-                                    f"re-run the same command to resume")
+                    cause = "interrupted" if stop.interrupted else "preempted"
+                    raise Preempted(f"{cause}: checkpoint of step {done} written to {ckpt.directory}; "
+                                    f"re-run the same command to resume", 130 if stop.interrupted else 143)
                 if done % cfg.log_every == 0:
                     flush(done)
                 if done % cfg.checkpoint_every == 0 and done != num_steps:
@@ -264,6 +366,7 @@ def _train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
             ckpt.wait()
         final_metrics = evaluate(num_steps)  # outside the SIGTERM handler: a stop now just ends the run
     finally:
+        profiler.close()
         ckpt.wait()
         progress.close()
         writer.close()

@@ -22,6 +22,26 @@ class TrainState:
     extra: Any
 
 
+def with_grad_accum(tx: optax.GradientTransformation, train_config) -> optax.GradientTransformation:
+    """`tx` applied every `train_config.grad_accum_steps` steps to the mean of those steps' gradients
+    (optax.MultiSteps; between updates the parameters do not move). Unchanged when the key is 1 or absent."""
+    k = train_config.get("grad_accum_steps", 1)
+    return GradAccum(tx, k) if k > 1 else tx
+
+
+class GradAccum(optax.MultiSteps):
+    """optax.MultiSteps with a fixed k, which `make_train_step` reads (`.k`)."""
+
+    def __init__(self, tx: optax.GradientTransformation, k: int):
+        super().__init__(tx, every_k_schedule=k)
+        self.k = k
+
+
+def optimizer_updates(train_config) -> int:
+    """Optimizer updates in a run: ceil(num_steps / grad_accum_steps) (the length of the lr schedule)."""
+    return -(-train_config.num_steps // train_config.get("grad_accum_steps", 1))
+
+
 def create_train_state(params, tx: optax.GradientTransformation, ema_decay: float, extra=None) -> TrainState:
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -53,7 +73,15 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
     step (before the EMA), for state changed outside the gradient, e.g. VQ EMA codebooks and dead-code
     restarts (which may move a parameter); `new_extra` may then carry what it needs from the forward
     pass, as long as the returned `extra` has the structure of `state.extra`.
+
+    Gradient accumulation (`tx` a `GradAccum`, see `with_grad_accum`): every step still reads one
+    batch with its own key (fold_in(train_key, step)) and logs that micro-batch's loss and gradient norm;
+    the optimizer applies the mean of k micro-batch gradients every k-th step,
+        theta <- theta + tx((1/k) sum_{j<k} grad L(theta; batch_j)),
+    which for a mean loss equals one step on the k batches together. The EMA moves only on those steps,
+    and the logged learning rate is that of update floor(step / k).
     """
+    accum = tx.k if isinstance(tx, GradAccum) else 1
 
     def train_step(state: TrainState, batch, key):
         if post_update is not None:
@@ -65,9 +93,27 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
         if post_update is not None:
             params, extra = post_update(params, extra, state.step, post_key)
         ema = ema_update(state.ema_params, params, ema_decay) if ema_decay else None
+        if ema_decay and accum > 1:
+            ema = jax.tree.map(lambda new, old: jnp.where(tx.has_updated(opt_state), new, old), ema, state.ema_params)
         metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
-                       param_norm=optax.global_norm(params), learning_rate=schedule(state.step))
+                       param_norm=optax.global_norm(params), learning_rate=schedule(state.step // accum))
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
                           extra=extra), metrics
 
     return train_step
+
+
+def check_supported(config, net: str, *, remat: bool = False, low_precision: bool = False) -> None:
+    """ConfigError naming the key when `config` asks network `net` for rematerialisation (`train.remat`) or a
+    compute / parameter dtype other than float32 (`model.dtype`, `model.param_dtype`) it does not support."""
+    from jaxgen.config import ConfigError
+
+    if config.train.get("remat", False) and not remat:
+        raise ConfigError(f"config.train.remat=True is not supported by the {net}; set it to False "
+                          f"(rematerialisation is implemented for the UNet)")
+    model = config.get("model") or {}
+    for key in ("dtype", "param_dtype"):
+        value = model.get(key, "float32")
+        if value != "float32" and not low_precision:
+            raise ConfigError(f"config.model.{key}='{value}' is not supported by the {net}; it computes in "
+                              f"float32 (accepted: 'float32')")
