@@ -39,9 +39,17 @@ def test_velocity_satisfies_the_continuity_equation(name):
         ts = jnp.tile(jnp.asarray([0.03, 0.3, 0.7, 0.97], jnp.float64), 6)
         res = _continuity_residual(gm, path, I.velocity_from_denoiser(gm.denoise_fn(path), path))(xs, ts)
         np.testing.assert_allclose(np.asarray(res), 0.0, atol=1e-8)
-        # the check has power: another path's velocity (same denoiser) violates it
-        other = I.velocity_from_denoiser(gm.denoise_fn(path), I.make_path("rf" if name != "rf" else "cosine"))
-        assert float(jnp.max(jnp.abs(_continuity_residual(gm, path, other)(xs, ts)))) > 1e-2
+
+
+def test_continuity_check_rejects_another_paths_velocity():
+    """The check has power: the RF coefficients with the VP denoiser violate the VP path's equation."""
+    with jax.enable_x64(True):
+        gm = _f64(D.oracle_2d())
+        vp = I.make_path("vp")
+        other = I.velocity_from_denoiser(gm.denoise_fn(vp), I.make_path("rf"))
+        xs = jax.random.normal(jax.random.key(0), (8, 2), jnp.float64) * 0.8
+        ts = jnp.tile(jnp.asarray([0.3, 0.7], jnp.float64), 4)
+        assert float(jnp.min(jnp.abs(_continuity_residual(gm, vp, other)(xs, ts)))) > 1e-3
 
 
 def test_vp_path_velocity_is_the_probability_flow_ode_of_the_vp_sde():
@@ -58,15 +66,15 @@ def test_vp_path_velocity_is_the_probability_flow_ode_of_the_vp_sde():
         np.testing.assert_allclose(np.asarray(jax.jit(v)(x, t)), np.asarray(pf), rtol=1e-9, atol=1e-10)
 
 
-N = 4000
+N = 3000
 
 
 @pytest.fixture(scope="module")
 def transported():
-    """Noise pushed through each path's ODE (Heun, 60 uniform steps from t = 1 to 0) with the oracle's
+    """Noise pushed through each path's ODE (Heun, 40 uniform steps from t = 1 to 0) with the oracle's
     exact denoiser; a mismatched velocity (VP denoiser, RF coefficients) as the negative control."""
     gm = D.oracle_2d()
-    ts = I.uniform_grid(60)
+    ts = I.uniform_grid(40)
     x1 = jax.random.normal(jax.random.key(1), (N, 2))
     fields = {name: I.velocity_from_denoiser(gm.denoise_fn(I.make_path(name)), I.make_path(name)) for name in I.PATHS}
     fields["mismatched"] = I.velocity_from_denoiser(gm.denoise_fn(I.make_path("vp")), I.make_path("rf"))
@@ -90,8 +98,8 @@ def test_mismatched_velocity_does_not_transport(transported):
 
 
 def test_flow_solvers_on_a_linear_field():
-    """dx/dt = c x: Euler multiplies by (1 + h c) per step, Heun by (1 + h c + (h c)^2 / 2), the adaptive
-    solver reaches exp(c (t1 - t0)) (float64)."""
+    """dx/dt = c x: Euler multiplies by (1 + h c) per step, Heun by (1 + h c + (h c)^2 / 2) (float64). The
+    adaptive solver is checked against closed forms in tests/test_rectified_flow.py."""
     with jax.enable_x64(True):
         c = -1.3
         f = lambda x, t: c * x  # noqa: E731
@@ -102,12 +110,10 @@ def test_flow_solvers_on_a_linear_field():
                                    rtol=1e-12)
         np.testing.assert_allclose(np.asarray(I.flow_solve(f, x, ts, "heun")),
                                    np.asarray(x) * (1 + h * c + (h * c) ** 2 / 2) ** 7, rtol=1e-12)
-        xa, nfe = I.flow_solve_adaptive(f, x, 1.0, 0.0, rtol=1e-10, atol=1e-10, return_nfe=True)
-        np.testing.assert_allclose(np.asarray(xa), np.asarray(x) * np.exp(-c), rtol=1e-8)
-        assert int(nfe) > 7
         _, traj = I.flow_solve(f, x, ts, "euler", return_trajectory=True)
         assert traj.shape == (8, 2, 1)
         np.testing.assert_allclose(np.asarray(traj[0]), np.asarray(x))
+        np.testing.assert_allclose(np.asarray(traj[3]), np.asarray(x) * (1 + h * c) ** 3, rtol=1e-12)
 
 
 def test_bad_arguments():
