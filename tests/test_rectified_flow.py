@@ -59,11 +59,11 @@ def pairs(request):
         solve = jax.jit(lambda z: I.flow_solve_adaptive(v1, z, 1.0, 0.0, rtol=1e-9, atol=1e-9))
         batches = list(RF.reflow_pairs(solve, jax.random.key(3), 300, 128, (dim,), dtype=jnp.float64))
         resumed = list(RF.reflow_pairs(solve, jax.random.key(3), 300, 128, (dim,), start_batch=2, dtype=jnp.float64))
-    return dim, v1, batches, resumed
+    return dim, v1, solve, batches, resumed
 
 
 def test_pairs_are_the_affine_optimal_map(pairs):
-    dim, _, batches, resumed = pairs
+    dim, _, _, batches, resumed = pairs
     assert [b[0] for b in batches] == [0, 1, 2] and [b[1].shape[0] for b in batches] == [128, 128, 44]
     x1 = np.concatenate([np.asarray(b[1]) for b in batches])
     x0 = np.concatenate([np.asarray(b[2]) for b in batches])
@@ -76,7 +76,7 @@ def test_pairs_are_the_affine_optimal_map(pairs):
 
 
 def test_one_euler_step_of_the_exact_two_rf_is_exact(pairs):
-    dim, v1, batches, _ = pairs
+    dim, v1, solve, batches, _ = pairs
     with jax.enable_x64(True):
         x1 = jnp.concatenate([b[1] for b in batches])
         x0 = jnp.concatenate([b[2] for b in batches])
@@ -87,8 +87,8 @@ def test_one_euler_step_of_the_exact_two_rf_is_exact(pairs):
         g2 = RF.one_step_generator(v2)
         np.testing.assert_allclose(np.asarray(g2(x1)), np.asarray(x0), atol=1e-7)
         # and on fresh noise against the 1-RF ODE solved accurately
-        z = jax.random.normal(jax.random.key(9), (64, dim), jnp.float64)
-        ref = jax.jit(lambda y: I.flow_solve_adaptive(v1, y, 1.0, 0.0, rtol=1e-9, atol=1e-9))(z)
+        z = jax.random.normal(jax.random.key(9), (128, dim), jnp.float64)  # the compiled batch size
+        ref = solve(z)
         np.testing.assert_allclose(np.asarray(g2(z)), np.asarray(ref), atol=1e-7)
         # the 1-RF is curved: one Euler step of it is far off
         assert float(jnp.max(jnp.abs(RF.one_step_generator(v1)(z) - ref))) > 0.05
@@ -142,9 +142,9 @@ def test_velocity_loss_gradient_vanishes_at_the_oracle_field():
 
             return jnp.sum(w * RF.rf_velocity_loss(v, x0, x1, t))
 
-        grad = jax.grad(expected_loss)(jnp.zeros(3, jnp.float64), 1.0)
-        np.testing.assert_allclose(np.asarray(grad), 0.0, atol=1e-10)
-        assert float(jnp.max(jnp.abs(jax.grad(expected_loss)(jnp.zeros(3, jnp.float64), 0.9)))) > 1e-2
+        grad = jax.jit(jax.grad(expected_loss))
+        np.testing.assert_allclose(np.asarray(grad(jnp.zeros(3, jnp.float64), 1.0)), 0.0, atol=1e-10)
+        assert float(jnp.max(jnp.abs(grad(jnp.zeros(3, jnp.float64), 0.9)))) > 1e-2
 
 
 def test_velocity_loss_gradient_vanishes_at_the_mixture_oracle_field():
@@ -153,7 +153,7 @@ def test_velocity_loss_gradient_vanishes_at_the_mixture_oracle_field():
     gm = D.oracle_2d()
     rf = D.RectifiedFlow()
     v = I.velocity_from_denoiser(gm.denoise_fn(rf), rf)
-    n = 100_000
+    n = 30_000
     k0, k1, k2 = jax.random.split(jax.random.key(7), 3)
     x0, x1 = gm.sample(k0, n), jax.random.normal(k1, (n, 2))
     t = jax.random.uniform(k2, (n,))
@@ -169,7 +169,7 @@ def test_velocity_loss_gradient_vanishes_at_the_mixture_oracle_field():
     g = np.asarray(per_example_grads(0.0), np.float64)
     mean, se = g.mean(0), g.std(0) / np.sqrt(n)
     assert np.all(np.abs(mean) < 4 * se), (mean, se)
-    g_wrong = np.asarray(per_example_grads(0.05), np.float64).mean(0)
+    g_wrong = np.asarray(per_example_grads(0.1), np.float64).mean(0)
     assert np.max(np.abs(g_wrong)) > 10 * se.max(), (g_wrong, se)
 
 
