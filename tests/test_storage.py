@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 import warnings
 
 import numpy as np
@@ -37,11 +37,11 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in read_metrics(workdir) if "loss" in r}
 
 
-def _cli(workdir, cwd, **popen):
+def _cli(workdir, cwd):
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="8", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
     cmd = [sys.executable, "-m", "jaxgen.run", "--config", TOY, "--workdir", workdir,
            *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
-    return subprocess.Popen(cmd, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+    return subprocess.Popen(cmd, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _tb_tags(data: bytes) -> set:
@@ -76,6 +76,8 @@ def gs_run(gcs_emulator, tmp_path_factory):  # noqa: F811
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         try:
             proc = _cli(f"gs://{BUCKET}/run", cwd)
+            watchdog = threading.Timer(300, proc.kill)  # a child that hangs without output fails, not blocks
+            watchdog.start()
             out = []
             for line in proc.stdout:  # the first metrics line is printed inside the loop, with the handler installed
                 out.append(line)
@@ -83,6 +85,7 @@ def gs_run(gcs_emulator, tmp_path_factory):  # noqa: F811
                     proc.send_signal(signal.SIGTERM)
                     break
             rest, err = proc.communicate(timeout=120)
+            watchdog.cancel()
             cut = dict(returncode=proc.returncode, stdout="".join(out) + rest, stderr=err,
                        checkpoints=gcs_emulator.list("run/checkpoints/"))
             config = _load(TOY, OVERRIDES)
