@@ -4,8 +4,8 @@ Any interpolation between data x0 ~ p_data (t = 0) and noise x1 ~ N(0, I) (t = 1
 
     x_t = a(t) x0 + b(t) x1,        a(0) = 1, b(0) = 0,
 
-defines a probability path p_t. Its marginal velocity (Liu et al. 2023, "Flow straight and fast",
-Theorem 3.3; Albergo & Vanden-Eijnden 2023, "Building normalizing flows with stochastic interpolants")
+defines a probability path p_t. Its marginal velocity (Liu et al. 2023, "Flow straight and fast";
+Albergo & Vanden-Eijnden 2023, "Building normalizing flows with stochastic interpolants")
 
     v(x, t) = E[dx_t/dt | x_t = x] = a'(t) E[x0 | x_t = x] + b'(t) E[x1 | x_t = x],
     E[x1 | x_t = x] = (x - a(t) E[x0 | x_t = x]) / b(t)      (0 where b = 0: x1 is independent of x0)

@@ -68,7 +68,7 @@ def discretized_gaussian_log_likelihood(x: Array, mean: Array, var: Array, bin_w
                                         low: float = -1.0, high: float = 1.0) -> Array:
     """Elementwise log P(x) of N(mean, var) discretised to bins of width `bin_width` centred on the grid
     {low, low + bin_width, ..., high}: log[Phi((x + w/2 - mean) / s) - Phi((x - w/2 - mean) / s)], s = sqrt(var),
-    with the lower edge at -inf for x = low and the upper edge at +inf for x = high (Ho et al. 2020, eq. 13)."""
+    with the lower edge at -inf for x = low and the upper edge at +inf for x = high (Ho et al. 2020, Sec. 3.3)."""
     if not bin_width > 0:
         raise ValueError(f"bin_width must be positive, got {bin_width!r}")
     s = jnp.sqrt(var)

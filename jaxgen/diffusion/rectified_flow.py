@@ -7,11 +7,11 @@ and data at t = 1; every formula below is the paper's with t -> 1 - t, so the ve
 
 k-RF: the 1-RF is trained on independent pairs (x0 ~ data, x1 ~ N(0, I)); the (k+1)-RF on the pairs
 (x1, x0 = ODE_k(x1)) of the k-RF's own ODE ("reflow"), which straightens the paths: the (k+1)-RF's
-coupling is the same deterministic map, with transport cost never larger (the paper's Theorem 3.5).
+coupling is the same deterministic map, with no larger convex transport cost (Liu et al. 2023).
 
-    velocity loss     L(v) = E_{t ~ U(0, 1)} E ||(x1 - x0) - v(x_t, t)||^2      (paper eq. 1, minimiser E[x1 - x0 | x_t])
-    straightness      S(v) = int_0^1 E ||(Z_1 - Z_0) - v(Z_t, t)||^2 dt         (paper Def. 2.3), Z the ODE's own path
-    distillation      L(G) = E ||G(x1) - ODE_k(x1)||^2   for a one-step generator G (paper Sec. 2.3, l2;
+    velocity loss     L(v) = E_{t ~ U(0, 1)} E ||(x1 - x0) - v(x_t, t)||^2      (minimiser E[x1 - x0 | x_t])
+    straightness      S(v) = int_0^1 E ||(Z_1 - Z_0) - v(Z_t, t)||^2 dt         (Z the ODE's own path)
+    distillation      L(G) = E ||G(x1) - ODE_k(x1)||^2   for a one-step generator G (l2;
                       the paper also uses LPIPS, which needs pretrained weights: pass it as `distance_fn`).
 
 A straight flow (S = 0) is solved exactly by one Euler step, x0 = x1 - v(x1, 1).
