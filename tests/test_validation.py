@@ -129,6 +129,7 @@ CASES = [
      ["i", "[0, 10]", "11"]),
     ("posterior_i", lambda: D.ddpm_posterior(SCH, jnp.ones((2, 2)), jnp.ones((2, 2)), jnp.array([0, 1])),
      ["i", "[1, 10]", "0"]),
+    ("denoiser_clip", lambda: D.denoiser_from_eps(eps0, SCH, clip_x0=-1.0), ["clip_x0", "> 0", "-1.0"]),
     ("ddpm_sample_shape", lambda: D.ddpm_sample(eps0, SCH, (0, 2), KEY), ["shape", "integers >= 1", "(0, 2)"]),
     # --- Lion
     ("lion_lr_nan", lambda: lion(NAN), ["learning_rate", "> 0", "nan"]),

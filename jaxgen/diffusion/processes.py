@@ -477,7 +477,8 @@ def velocity_to_x0_eps(x, u, alpha, sigma, dalpha, dsigma):
 
 def denoiser_from_eps(eps_fn, process: Process, clip_x0: float | None = None):
     """x0-prediction D(x, t) = (x - sigma(t) eps_fn(x, t)) / alpha(t) for the ODE solvers, clipped to
-    [-clip_x0, clip_x0] when given (t [B])."""
+    [-clip_x0, clip_x0] when given (t [B]); clip_x0: None or a finite number > 0."""
+    _checks.optional_number("clip_x0", clip_x0, low=0, low_open=True)
 
     def denoise(x, t):
         a, s = process.alpha_sigma(t)
