@@ -34,16 +34,16 @@ def _load(spec, **overrides):
 def test_bf16_compute_trains_the_quickstart_with_float32_master_weights():
     config = _load("configs/quickstart.py:smoke", **{"model.dtype": "bfloat16"})
     task = tasks.build(config)
-    state = task.init(jax.random.key(0))
+    state = jax.jit(task.init)(jax.random.key(0))
     assert {p.dtype for p in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
     it = data_lib.make_train_iterator(config.data, global_batch_size=config.train.batch_size, seed=0)
-    step = jax.jit(task.train_step)
     batch = next(it)
-    convs = [e for e in jax.make_jaxpr(task.train_step)(state, batch, jax.random.key(1)).eqns
-             if e.primitive.name == "conv_general_dilated"]
-    assert convs and all(v.aval.dtype == jnp.bfloat16 for e in convs for v in e.invars)
+    lowered = jax.jit(task.train_step).lower(state, batch, jax.random.key(1))
+    convs = [ln for ln in lowered.as_text().splitlines() if "stablehlo.convolution" in ln]
+    assert convs and all("bf16" in ln and "f32" not in ln.split("->")[0] for ln in convs)  # bf16 operands
+    step = lowered.compile()
     losses = []
-    for i in range(4):
+    for i in range(3):
         state, metrics = step(state, batch if i == 0 else next(it), jax.random.key(i))
         losses.append(float(metrics["loss"]))
     assert np.all(np.isfinite(losses))
@@ -88,16 +88,16 @@ def test_grad_accumulation_of_k_micro_batches_equals_one_big_batch():
 
 
 def test_unet_remat_matches_the_plain_backward_pass():
-    kw = dict(in_channels=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0,
-              image_size=8, num_groups=4)
+    kw = dict(in_channels=1, ch=4, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
+              image_size=4, num_groups=2)
     plain, remat = UNet(**kw, rngs=nnx.Rngs(0)), UNet(**kw, remat=True, rngs=nnx.Rngs(0))
-    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
+    x = jax.random.normal(jax.random.key(1), (2, 4, 4, 1))
     t = jnp.array([0.2, 0.7])
 
     def grads(model):
         graphdef, params = nnx.split(model, nnx.Param)
         f = lambda p: jnp.sum(nnx.merge(graphdef, p)(x, t) ** 2 + 0.1 * nnx.merge(graphdef, p)(x, t))  # noqa: E731
-        return jax.grad(f)(params), jax.make_jaxpr(jax.grad(f))(params)
+        return jax.jit(jax.grad(f))(params), jax.make_jaxpr(jax.grad(f))(params)
 
     g_plain, jaxpr_plain = grads(plain)
     g_remat, jaxpr_remat = grads(remat)
@@ -124,8 +124,10 @@ def test_second_run_compiles_from_the_cache_and_profile_is_written(tmp_path):
     """Two runs of the same config (in-memory caches cleared between them): the first writes the train step's
     executable to train.compile_cache_dir, the second loads it (JAX's cache-hit event), not a timing."""
     cache = tmp_path / "cache"
-    overrides = {"train.num_steps": "2", "train.compile_cache_dir": str(cache), "train.profile_steps": "(0, 1)",
-                 "eval.untrained_baseline": "False", "eval.num_samples": "16"}
+    overrides = {"train.num_steps": "2", "train.compile_cache_dir": str(cache), "train.profile_steps": "(0, 1)"}
+    config = _load("configs/ddpm_toy2d.py:smoke", **overrides)
+    task = tasks.build(config)
+    task = tasks.Task(task.init, task.train_step, lambda state, key, workdir: {})  # the train step is what counts
     hits = []
 
     def listener(event, **kwargs):
@@ -136,7 +138,7 @@ def test_second_run_compiles_from_the_cache_and_profile_is_written(tmp_path):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.monitoring.register_event_listener(listener)
     try:
-        train_and_evaluate(_load("configs/ddpm_toy2d.py:smoke", **overrides), str(tmp_path / "a"))
+        train_and_evaluate(config, str(tmp_path / "a"), task=task)
         assert not hits
         assert glob.glob(str(cache / "jit_step_fn-*"))
         assert glob.glob(str(tmp_path / "a" / "tensorboard" / "plugins" / "profile" / "*" / "*.xplane.pb"))
@@ -144,7 +146,7 @@ def test_second_run_compiles_from_the_cache_and_profile_is_written(tmp_path):
             if not f.startswith("jit_step_fn-"):
                 os.remove(cache / f)
         jax.clear_caches()
-        train_and_evaluate(_load("configs/ddpm_toy2d.py:smoke", **overrides), str(tmp_path / "b"))
+        train_and_evaluate(config, str(tmp_path / "b"), task=task)
         assert len(hits) == 1
     finally:
         jax.monitoring.unregister_event_listener(listener)

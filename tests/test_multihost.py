@@ -31,7 +31,10 @@ def _free_port() -> int:
 
 def _start(workdir, devices, *extra):
     env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "-m", "jaxgen.run", "--workdir", str(workdir), *ARGS, *extra]
+    # One persistent compilation cache for every run of the module: restarts load their executables.
+    cache = os.path.join(os.path.dirname(os.path.dirname(str(workdir).rstrip("/"))), "multihost_compile_cache")
+    cmd = [sys.executable, "-m", "jaxgen.run", "--workdir", str(workdir), *ARGS,
+           f"--config.train.compile_cache_dir={cache}", *extra]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -132,11 +135,11 @@ def test_resume_on_one_process(runs, tmp_path):
 
 
 def test_sigint_checkpoints_the_current_step_and_exits_130(tmp_path):
-    p = _start(tmp_path, 8)
-    _signal_after_rows([p], p, tmp_path, signal.SIGINT)
+    p = _start(tmp_path / "run", 8)
+    _signal_after_rows([p], p, tmp_path / "run", signal.SIGINT)
     _, err = p.communicate(timeout=240)
     assert p.returncode == 130, err[-3000:]
     line = [ln for ln in err.splitlines() if ln.startswith("interrupted: checkpoint of step")]
     assert len(line) == 1 and "Traceback" not in err, err[-3000:]
     step = int(line[0].split()[4])
-    assert 2 <= step < STEPS and _checkpoints(tmp_path)[-1] == step
+    assert 2 <= step < STEPS and _checkpoints(tmp_path / "run")[-1] == step
