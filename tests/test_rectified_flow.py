@@ -84,22 +84,31 @@ def test_one_euler_step_of_the_exact_two_rf_is_exact(pairs):
         A = np.stack([np.asarray(x1).ravel(), np.ones(x1.size)], 1)
         s_hat, m_hat = np.linalg.lstsq(A, np.asarray(x0).ravel(), rcond=None)[0]
         v2 = _two_rf(m_hat, s_hat)
-        g2 = RF.one_step_generator(v2)
-        np.testing.assert_allclose(np.asarray(g2(x1)), np.asarray(x0), atol=1e-7)
-        # and on fresh noise against the 1-RF ODE solved accurately
+        g1, g2 = RF.one_step_generator(v1), RF.one_step_generator(v2)
         z = jax.random.normal(jax.random.key(9), (128, dim), jnp.float64)  # the compiled batch size
-        ref = solve(z)
-        np.testing.assert_allclose(np.asarray(g2(z)), np.asarray(ref), atol=1e-7)
-        # the 1-RF is curved: one Euler step of it is far off
-        assert float(jnp.max(jnp.abs(RF.one_step_generator(v1)(z) - ref))) > 0.05
-        # the 2-RF field reproduces the pairs' slope everywhere on the segments: zero velocity loss
+        ref = solve(z)  # the 1-RF ODE solved accurately
         t = jax.random.uniform(jax.random.key(4), (x1.shape[0],), jnp.float64)
-        np.testing.assert_allclose(np.asarray(RF.rf_velocity_loss(v2, x0, x1, t)), 0.0, atol=1e-12)
-        # distillation: the one-step generator of the 2-RF has zero loss; the 1-RF's does not
-        np.testing.assert_allclose(np.asarray(RF.distill_loss(g2, x1, x0)), 0.0, atol=1e-12)
-        assert float(jnp.mean(RF.distill_loss(RF.one_step_generator(v1), x1, x0))) > 1e-3
-        l1 = RF.distill_loss(g2, x1, x0, distance_fn=lambda a, b: jnp.sum(jnp.abs(a - b + 1.0), -1))
-        np.testing.assert_allclose(np.asarray(l1), dim, rtol=1e-9)
+
+        @jax.jit
+        def checks(x1, x0, z, ref, t):
+            return dict(
+                one_step_pairs=g2(x1) - x0, one_step_fresh=g2(z) - ref, one_step_1rf=g1(z) - ref,
+                velocity_loss=RF.rf_velocity_loss(v2, x0, x1, t), distill_2rf=RF.distill_loss(g2, x1, x0),
+                distill_1rf=RF.distill_loss(g1, x1, x0),
+                distill_l1=RF.distill_loss(g2, x1, x0, distance_fn=lambda a, b: jnp.sum(jnp.abs(a - b + 1.0), -1)))
+
+        c = {k: np.asarray(v) for k, v in checks(x1, x0, z, ref, t).items()}
+    # one Euler step of the 2-RF reproduces the pairs and the accurate 1-RF solve on fresh noise
+    np.testing.assert_allclose(c["one_step_pairs"], 0.0, atol=1e-7)
+    np.testing.assert_allclose(c["one_step_fresh"], 0.0, atol=1e-7)
+    # the 1-RF is curved: one Euler step of it is far off
+    assert np.max(np.abs(c["one_step_1rf"])) > 0.05
+    # the 2-RF field reproduces the pairs' slope everywhere on the segments: zero velocity loss
+    np.testing.assert_allclose(c["velocity_loss"], 0.0, atol=1e-12)
+    # distillation: the one-step generator of the 2-RF has zero loss, the 1-RF's does not; distance_fn is used
+    np.testing.assert_allclose(c["distill_2rf"], 0.0, atol=1e-12)
+    assert c["distill_1rf"].mean() > 1e-3
+    np.testing.assert_allclose(c["distill_l1"], dim, rtol=1e-9)
 
 
 def test_straightness_of_one_rf_matches_the_closed_form_and_two_rf_is_zero():
