@@ -18,7 +18,7 @@ Expected: FID 3.17, IS 9.46 (paper; 3.24 in score_sde's JAX port) with 50k sampl
 features. Our built-in `eval/fd` uses the small-classifier features instead (not comparable to FID).
 
 Sampling families (variants; re-run the finished workdir with `--config configs/ddpm_cifar10.py:VARIANT` to
-only sample and evaluate). Published CIFAR-10 FIDs for this model family (REFERENCE.md; some recalled):
+only sample and evaluate). Published CIFAR-10 FIDs for this model family (from the papers cited; some recalled):
     ddpm            1000 steps, beta                    3.17 (Ho et al.)
     ddim            50 steps, eta 0                     4.67 (Song et al.; 13.36 / 6.84 / 4.16 at 10 / 20 / 100)
     analytic        Analytic-DDPM, 25 steps             11.60 vs 21.83 for DDPM(beta_tilde) (Bao et al.; K = 10: 34.26)

@@ -17,7 +17,7 @@ Rows (uniform step skipping unless marked):
 Measured against fresh data: `sw2` (sliced W2) and `mmd`; for the OT rows also `kl_bits`, the
 trajectory-dependent part of the variational bound (sum of the per-step KL costs, bits/dim) that the DP
 minimises, and `kl_bits_even` for the evenly spaced trajectory with the same endpoints 1 and T;
-`paper_fid_cifar10` is the paper's CIFAR-10 FID for the same method and K where REFERENCE.md has it (recalled
+`paper_fid_cifar10` is the paper's CIFAR-10 FID for the same method and K where recorded (recalled
 numbers, K = 10/25/50): the paper's direction is that the analytic variance is clearly better at few steps.
 
 Setting `digits` (with --digits WORKDIR): the quickstart UNet (configs/quickstart.py) trained in WORKDIR;
@@ -53,7 +53,7 @@ from jaxgen.nets import MLPDenoiser  # noqa: E402
 from experiments._report import digits_model, markdown_table as _table, prepare_out, sample_quality, save_figure  # noqa: E402
 from experiments._report import write_rows  # noqa: E402
 
-# REFERENCE.md (recalled): CIFAR-10 FID at K = 10 / 25 / 50
+# Bao et al. 2022, Table (recalled): CIFAR-10 FID at K = 10 / 25 / 50
 PAPER_FID = {
     "Analytic-DDPM": {10: 34.26, 25: 11.60, 50: 7.25},
     "DDPM(beta_tilde)": {10: 44.45, 25: 21.83, 50: 15.21},

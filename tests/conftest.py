@@ -1,10 +1,21 @@
 """Test setup: 8 emulated CPU devices (before any backend use), float32 by default.
 
 Tests that compare against a closed form wrap themselves in `jax.enable_x64(True)`.
+
+Many tests compile the same small programs (the toy and smoke configs' train steps, in-process and in
+CLI subprocesses), so the session shares one persistent compilation cache: a fresh directory per
+session, created by the first process that loads this file and inherited through the environment by
+the pytest-xdist workers and every subprocess a test starts. It saves compile time only; what runs is
+the same executable.
 """
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxgen-test-jit-cache-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)

@@ -56,7 +56,7 @@ def test_posterior_coefficients_direct_and_bayes(name):
         abar = _abar_loop(beta[1:])
         abar_prev = np.concatenate([[1.0], abar[:-1]])
         b, alpha = beta[1:], 1.0 - beta[1:]
-        # the direct formulas (REFERENCE.md, DDPM)
+        # the direct formulas (Ho et al. 2020)
         np.testing.assert_allclose(np.asarray(s.posterior_mean_coef_x0)[1:], b * np.sqrt(abar_prev) / (1 - abar), rtol=1e-10)
         np.testing.assert_allclose(
             np.asarray(s.posterior_mean_coef_xt)[1:], (1 - abar_prev) * np.sqrt(alpha) / (1 - abar), rtol=1e-10

@@ -135,6 +135,7 @@ def test_second_run_compiles_from_the_cache_and_profile_is_written(tmp_path):
             hits.append(event)
 
     old_min_time = jax.config.jax_persistent_cache_min_compile_time_secs
+    old_dir = jax.config.jax_compilation_cache_dir  # the test session's shared cache (tests/conftest.py)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.monitoring.register_event_listener(listener)
     try:
@@ -151,7 +152,7 @@ def test_second_run_compiles_from_the_cache_and_profile_is_written(tmp_path):
     finally:
         jax.monitoring.unregister_event_listener(listener)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", old_min_time)
-        jax.config.update("jax_compilation_cache_dir", None)
+        jax.config.update("jax_compilation_cache_dir", old_dir)
         from jax.experimental.compilation_cache import compilation_cache
 
         compilation_cache.reset_cache()

@@ -3,7 +3,7 @@ clipping and parameter groups (per-group learning-rate and weight-decay multipli
 
 Parameter groups are `(regex, lr_mult, wd_mult)` triples matched (re.search) against the '/'-joined
 parameter path, first match wins; unmatched parameters use multipliers (1, 1). SSM layers, for
-example, give A, B and the step size `lr_mult=0.1, wd_mult=0` (REFERENCE.md).
+example, give A, B and the step size `lr_mult=0.1, wd_mult=0` (Gu et al. 2022; Orvieto et al. 2023).
 """
 
 from __future__ import annotations

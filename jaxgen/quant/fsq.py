@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxgen import _checks
 
-# Levels recommended by the paper for each target codebook size (Table 1 / REFERENCE.md).
+# Levels recommended by the paper for each target codebook size (Mentzer et al. 2023, Table 1).
 RECOMMENDED_LEVELS: dict[int, tuple[int, ...]] = {
     2**8: (8, 6, 5),
     2**10: (8, 5, 5, 5),

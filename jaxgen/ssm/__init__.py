@@ -1,7 +1,7 @@
 """State space models: HiPPO matrices, discretisation, S4/S4D kernels, S4/S4D/LRU layers.
 
 `jaxgen.ssm.hippo.legs(N)`, `jaxgen.ssm.hippo.legt(N, theta)` and `jaxgen.ssm.discretize(A, B, step, method)`
-are the stable public API (see DESIGN.md).
+are the stable public API.
 """
 from jaxgen.ssm import hippo, kernels, layers, lru
 from jaxgen.ssm.discretize import discretize, discretize_diag, discretize_legs, legs_step
