@@ -39,7 +39,7 @@ def make_train_step(graphdef, tx):
 @pytest.mark.parametrize("shape, channels, levels, quantizer", [
     ((2, 8, 8, 1), (8, 16), (8, 5, 5, 5), "fsq"),                # digits: 4x4 grid of codes
     ((2, 28, 28, 1), (8, 16, 16), (8, 5, 5, 5), "vq"),           # MNIST: 7x7
-    ((2, 32, 32, 3), (8, 16, 16, 16), (8, 5, 5, 5), "vq_ema"),   # CIFAR-10: 4x4
+    ((2, 32, 32, 3), (8, 16, 16), (8, 5, 5, 5), "vq_ema"),       # CIFAR-10: 8x8, as configs/fsq_cifar10.py
 ])
 def test_shapes(shape, channels, levels, quantizer):
     B, H, W, C = shape

@@ -2,6 +2,7 @@
 restarts on their interval (EMA and gradient codebooks), held-out metrics vs NumPy, figures, config
 variants, and each config file's `:smoke` end to end through `jaxgen.run.main` (MNIST / CIFAR-10 on tfds mock data)."""
 
+import functools
 import json
 import os
 
@@ -42,7 +43,13 @@ def _forward(task_config, state, x):
     info = data_lib.dataset_info(task_config.data)
     model = nnx.eval_shape(lambda: make_model(task_config, info, nnx.Rngs(params=jax.random.key(0))))
     graphdef, _, _ = nnx.split(model, nnx.Param, ...)
-    return nnx.merge(graphdef, state.params, state.extra)(x)
+    return _apply(graphdef, state.params, state.extra, x)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(graphdef, params, extra, x):
+    """One compiled forward pass per network and input shape (eagerly, every op would compile on its own)."""
+    return nnx.merge(graphdef, params, extra)(x)
 
 
 def test_vq_ema_step_updates_codebook_by_formula_and_restarts_on_interval():
