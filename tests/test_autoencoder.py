@@ -9,7 +9,7 @@ from flax import nnx
 
 from jaxgen.nets.autoencoder import QuantizedAutoencoder, update_quantizer_state
 
-SMALL = dict(channels=(8, 16), num_codes=16, levels=(5, 3, 3, 2))  # latent dim 4 for both VQ and FSQ
+SMALL = dict(channels=(8,), num_codes=16, levels=(5, 3, 3, 2))  # one stage (test_shapes covers downsampling); latent dim 4 for VQ and FSQ
 
 
 def data(shape=(8, 8, 8, 1), seed=0):
