@@ -13,13 +13,28 @@ import os
 import grain
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint import type_handlers
 
 from jaxgen import paths
 from jaxgen.config import ConfigError
 
 
+def _one_replica_saves_on_cpu() -> None:
+    """On CPU, save each replicated array from one replica (orbax's default splits it across replicas).
+
+    Replica-parallel saving slices every replicated array once per device, each slice a small compiled
+    program: for the CIFAR-10 smoke UNet on 8 emulated devices the first save took 8.3 s of CPU against
+    1.1 s from one replica (later saves 2.3 s vs 0.8 s), restoring bitwise the same. Accelerators keep
+    orbax's default, where splitting the device-to-host copy across replicas pays.
+    """
+    if jax.default_backend() == "cpu":
+        type_handlers.register_type_handler(jax.Array, type_handlers.ArrayHandler(use_replica_parallel=False),
+                                            override=True)
+
+
 class Checkpointer:
     def __init__(self, directory: str, keep: int | None):
+        _one_replica_saves_on_cpu()
         self.directory = paths.absolute(directory)  # a gs:// URL stays a URL
         self.manager = ocp.CheckpointManager(
             self.directory,
