@@ -1,13 +1,11 @@
 """DDPM on CIFAR-10 with the paper's recipe (Ho et al. 2020), for a Cloud TPU slice or a GPU host.
 
-Launch on a Cloud TPU VM (v4-8 or v5e-8; one host, 8 chips), with the data prepared in
-$TFDS_DATA_DIR (preparing needs TensorFlow once: see README):
+Launch on a Cloud TPU VM (v4-8 or v5e-8; one host, 8 chips), with the data prepared in a bucket
+(preparing needs TensorFlow once: see README):
 
     pip install -e '.[tpu]'
-    python -m jaxgen.run --config configs/ddpm_cifar10.py --workdir /mnt/disks/persist/ddpm_cifar10
-
-The workdir is a local path (a persistent disk, or a bucket mounted with gcsfuse); gs:// URLs are not
-supported by the metric and config writers yet.
+    python -m jaxgen.run --config configs/ddpm_cifar10.py --workdir gs://BUCKET/runs/ddpm_cifar10 \
+        --config.data.data_dir=gs://BUCKET/tensorflow_datasets
 
 On a multi-host slice run the same command on every host (`gcloud compute tpus tpu-vm ssh NAME
 --worker=all --command=...`); jax.distributed initialises itself and each host reads its shard.
