@@ -98,6 +98,21 @@ def test_only_process_zero_prints_progress_and_each_says_which_it_is(runs):
     assert "step " not in out1.replace("eval", "") and "eval at step" not in out1
 
 
+def test_two_processes_of_four_devices_match_one_process_of_eight(runs, tmp_path):
+    """The uninterrupted 2 x 4 run against the same config in this test process (8 devices, 1 process)."""
+    from jaxgen import config as config_lib
+    from jaxgen.train.loop import train_and_evaluate
+
+    config = config_lib.load_config(os.path.join(ROOT, ARGS[1]))
+    config_lib.apply_overrides(config, [a[len("--config."):].split("=", 1) for a in ARGS[2:]])
+    train_and_evaluate(config, str(tmp_path / "single"))
+    single, multi = _losses(tmp_path / "single"), _losses(runs["base"] / "ref")
+    assert sorted(multi) == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([multi[s] for s in multi], [single[s] for s in multi], rtol=1e-5)
+    with open(runs["base"] / "ref" / "final_metrics.json") as f:
+        assert np.isfinite(json.load(f)["eval/sw2"])
+
+
 def test_sigterm_to_one_host_stops_every_host_at_the_same_step(runs):
     steps = []
     for p, (_, err) in zip(runs["cut"], runs["cut_out"]):
