@@ -10,7 +10,8 @@ the same executable.
 
 The tests compile far more than they run (a few steps of many small programs), so LLVM's optimisation
 passes are turned off for the session (XLA's own HLO passes, fusion included, still run): the same programs
-compile 3-6x faster and the suite's CPU time drops by a third. Users' runs keep the default level.
+compile several times faster (the quickstart UNet's init 15.2 -> 2.4 s CPU; tests/test_knobs.py 56 -> 34 s).
+Users' runs keep the default level.
 """
 import os
 import tempfile
