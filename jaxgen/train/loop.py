@@ -266,7 +266,6 @@ def train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
 
 
 def _train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
-    maybe_initialize_distributed(config.distributed)
     print(process_line(), flush=True)
     enable_compile_cache(config.train.get("compile_cache_dir", ""), workdir)
     task = task if task is not None else tasks_lib.build(config)
@@ -289,7 +288,8 @@ def _train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
     writer = MetricWriter(workdir)
 
     start = ckpt.latest_step
-    assert start == resume_step, (start, resume_step)
+    if start != resume_step:  # another writer changed checkpoints/ between validation and now
+        raise RuntimeError(f"{ckpt.directory}: latest checkpoint {start} is not the validated {resume_step}")
     if start is not None:
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
         state = ckpt.restore(start, target, iterator)
