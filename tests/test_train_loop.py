@@ -87,16 +87,14 @@ def uninterrupted(tmp_path_factory):
     return _losses(workdir)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_resume_after_kill_is_bitwise_identical(tmp_path, sig, uninterrupted):
-    steps = [f"--config.{k}={v}" for k, v in RESUME_STEPS.items()]
-    n = int(RESUME_STEPS["train.num_steps"])
-    proc = _run(tmp_path / "cut", *steps, wait=False)
-    ckpt_dir = tmp_path / "cut" / "checkpoints"
+def _interrupt_after_checkpoint(workdir, after: int, sig, steps) -> int:
+    """Run the CLI in `workdir`, send `sig` once a checkpoint newer than step `after` is on disk; returns the
+    newest checkpoint step once the process has ended."""
+    proc = _run(workdir, *steps, wait=False)
+    ckpt_dir = workdir / "checkpoints"
+    saved = lambda: [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if ckpt_dir.exists() else []  # noqa: E731
     deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:  # stop once one checkpoint is on disk
-        if ckpt_dir.exists() and any(d.isdigit() for d in os.listdir(ckpt_dir)):
-            break
+    while time.time() < deadline and proc.poll() is None and max(saved(), default=0) <= after:
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be interrupted: " + proc.communicate()[1][-2000:]
     proc.send_signal(sig)
@@ -104,12 +102,22 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path, sig, uninterrupted):
     if sig == signal.SIGTERM:
         assert proc.returncode == 143, err[-2000:]
         assert "preempted: checkpoint of step" in err
-    cut_at = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
-    assert 0 < cut_at < n
-    _run(tmp_path / "cut", *steps)
-    resumed = _losses(tmp_path / "cut")
+    return max(saved())
+
+
+def test_resume_after_sigterm_and_after_sigkill_is_bitwise_identical(tmp_path, uninterrupted):
+    """SIGTERM (checkpoint of the current step, exit 143), resume; SIGKILL after a later checkpoint, resume:
+    every logged loss after the first cut equals the uninterrupted run's."""
+    steps = [f"--config.{k}={v}" for k, v in RESUME_STEPS.items()]
+    n = int(RESUME_STEPS["train.num_steps"])
+    work = tmp_path / "cut"
+    first = _interrupt_after_checkpoint(work, 0, signal.SIGTERM, steps)
+    second = _interrupt_after_checkpoint(work, first, signal.SIGKILL, steps)
+    assert 0 < first < second < n
+    _run(work, *steps)
+    resumed = _losses(work)
     assert sorted(resumed) == list(range(1, n + 1))
-    assert [resumed[s] for s in range(cut_at + 1, n + 1)] == [uninterrupted[s] for s in range(cut_at + 1, n + 1)]
+    assert [resumed[s] for s in range(first + 1, n + 1)] == [uninterrupted[s] for s in range(first + 1, n + 1)]
 
 
 # Eight steps at a constant learning rate, a checkpoint after four: the reference of the device-count tests.
