@@ -510,7 +510,9 @@ def read_torch_state_dict(path: str | os.PathLike) -> "OrderedDict[str, np.ndarr
     `torch.*Storage` type names; any other global, hence any
     code a malicious file could run, raises `pickle.UnpicklingError`.
     """
-    with open(path, "rb") as f:
+    from jaxgen import paths
+
+    with paths.open(path, "rb") as f:  # a local file or a gs:// object (both seekable)
         if zipfile.is_zipfile(f):
             f.seek(0)
             sd = _read_zip(f)
@@ -531,7 +533,7 @@ def read_torch_state_dict(path: str | os.PathLike) -> "OrderedDict[str, np.ndarr
 
 def _sha256(path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(path, "rb") as f:  # local: the download's temporary file in the local cache
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -552,8 +554,8 @@ def default_weights_path(cache_dir: str | os.PathLike | None = None) -> Path:
 def fetch_fid_weights(weights_path: str | os.PathLike | None = None, *,
                       cache_dir: str | os.PathLike | None = None, download: bool = True,
                       url: str = FID_WEIGHTS_URL, sha256_prefix: str = FID_WEIGHTS_SHA256_PREFIX
-                      ) -> Path:
-    """Path of a verified copy of the FID Inception weights.
+                      ) -> str | os.PathLike:
+    """Path of a verified copy of the FID Inception weights (local, or `weights_path` as given: a gs:// URL too).
 
     `weights_path` given: that file must exist (it is used as is: a user's file, not checked).
     Otherwise the cache file `<cache_dir>/pt_inception-2015-12-05-6726825d.pth` (torch hub's
@@ -565,11 +567,12 @@ def fetch_fid_weights(weights_path: str | os.PathLike | None = None, *,
     from jaxgen.config import ConfigError
 
     if weights_path is not None:
-        p = Path(weights_path)
-        if not p.is_file():
-            raise ConfigError(f"FID Inception weights file {str(p)!r} does not exist; download "
+        from jaxgen import paths
+
+        if not paths.exists(weights_path) or paths.isdir(weights_path):
+            raise ConfigError(f"FID Inception weights file {os.fspath(weights_path)!r} does not exist; download "
                               f"{url} there (or leave the path unset to use the cache)")
-        return p
+        return weights_path
     target = default_weights_path(cache_dir)
     if target.is_file():
         return target
@@ -593,7 +596,7 @@ def fetch_fid_weights(weights_path: str | os.PathLike | None = None, *,
             raise ConfigError(f"downloaded FID Inception weights from {url} have sha256 "
                               f"{digest[:16]}..., expected a hash starting with {sha256_prefix}; "
                               f"{how}")
-        os.replace(tmp, target)
+        os.replace(tmp, target)  # local: the cache is always on local disk
     except ConfigError:
         raise
     except Exception as e:  # no network, DNS, HTTP error, disk: one actionable message
