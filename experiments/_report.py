@@ -91,12 +91,12 @@ def digits_model(workdir: str, log=print):
     from jaxgen import data as data_lib
     from jaxgen import metrics
     from jaxgen.tasks import ddpm
-    from jaxgen.train.loop import train_and_evaluate
+    from jaxgen.tasks import build_and_train
 
     config = config_lib.load_config(os.path.join(ROOT, "configs", "quickstart.py"))
     if not paths.listdir(paths.join(workdir, "checkpoints")):
         log(f"training the quickstart digits model in {workdir}")
-        train_and_evaluate(config, workdir)
+        build_and_train(config, workdir)
     eps_fn, schedule, step = ddpm.load_trained(config, workdir)
     log(f"digits model: {workdir} at step {step}")
     train = data_lib.load_split(config.data, config.data.split_train)

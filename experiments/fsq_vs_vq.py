@@ -83,11 +83,11 @@ def train_and_read(config) -> tuple[dict, list[dict], float]:
     """Run the training loop in a scratch workdir -> (final eval metrics without 'eval/', the logged training
     rows of metrics.jsonl (step, loss, steps_per_sec, ...), seconds including compilation and evaluation)."""
     from jaxgen.train.logging import read_metrics
-    from jaxgen.train.loop import train_and_evaluate
+    from jaxgen.tasks import build_and_train
 
     with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(io.StringIO()):  # the loop's log lines
         t = time.perf_counter()
-        out = train_and_evaluate(config, workdir)
+        out = build_and_train(config, workdir)
         seconds = time.perf_counter() - t
         rows = [r for r in read_metrics(workdir) if "loss" in r]
     return {k.removeprefix("eval/"): float(v) for k, v in out.items()}, rows, seconds

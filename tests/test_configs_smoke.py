@@ -8,7 +8,7 @@ import tensorflow_datasets as tfds
 
 from jaxgen import config as config_lib
 from jaxgen.data import KNOWN_TFDS
-from jaxgen.train.loop import train_and_evaluate
+from jaxgen.tasks import build_and_train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -25,9 +25,9 @@ def test_smoke_config_runs_end_to_end(name, tmp_path):
     workdir = str(tmp_path / "run")
     if config.data.get("name") in KNOWN_TFDS:
         with tfds.testing.mock_data(num_examples=64):
-            final = train_and_evaluate(config, workdir)
+            final = build_and_train(config, workdir)
     else:
-        final = train_and_evaluate(config, workdir)
+        final = build_and_train(config, workdir)
     assert final, "evaluation returned no metrics"
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]

@@ -12,7 +12,7 @@ from jaxgen import config as config_lib
 from jaxgen.config import ConfigError
 from jaxgen.tasks import ddpm
 from jaxgen.train.checkpoint import Checkpointer
-from jaxgen.train.loop import train_and_evaluate
+from jaxgen.tasks import build_and_train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
@@ -26,7 +26,7 @@ def trained(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("toy"))
     config = config_lib.load_config(TOY + ":smoke")
     config.eval.untrained_baseline = False
-    train_and_evaluate(config, workdir)
+    build_and_train(config, workdir)
     return workdir, config.train.num_steps
 
 
@@ -34,7 +34,7 @@ def trained(tmp_path_factory):
 def test_sampling_variant_evaluates_a_trained_workdir(trained, variant):
     workdir, step = trained
     config = config_lib.load_config(f"{TOY}:{variant},smoke")  # also samples the untrained baseline
-    out = train_and_evaluate(config, workdir)
+    out = build_and_train(config, workdir)
     assert np.isfinite(out["eval/sw2"]) and np.isfinite(out["eval/mmd"])
     assert Checkpointer(os.path.join(workdir, "checkpoints"), None).latest_step == step  # evaluated, not trained
     assert os.path.exists(os.path.join(workdir, "figures", f"samples_{ddpm.sampler_tag(config.eval)}.png"))
@@ -43,7 +43,7 @@ def test_sampling_variant_evaluates_a_trained_workdir(trained, variant):
         assert os.path.exists(cache)
     if variant in RESTORED:  # fitted on the first evaluation, restored on the second: the same samples
         stamp = os.path.getmtime(cache)
-        again = train_and_evaluate(config, workdir)
+        again = build_and_train(config, workdir)
         assert again["eval/sw2"] == out["eval/sw2"]
         assert os.path.getmtime(cache) == stamp
 
@@ -70,7 +70,7 @@ def test_digits_unet_with_analytic_variance_runs_end_to_end(tmp_path):
     (SN/NPR heads share the code path with the MLP heads of the toy tests, at a much larger compile time)."""
     config = config_lib.load_config(QUICKSTART + ":analytic,smoke")
     config.eval.untrained_baseline = False  # the baseline's plain sampler runs in the toy tests
-    out = train_and_evaluate(config, str(tmp_path))
+    out = build_and_train(config, str(tmp_path))
     assert np.isfinite(out["eval/fd"])
     assert os.path.exists(tmp_path / "sampling" / "gamma_step4_K5_uniform.json")
     assert os.path.exists(tmp_path / "figures" / "samples_ddpm-K5-analytic.png")

@@ -101,11 +101,11 @@ def test_only_process_zero_prints_progress_and_each_says_which_it_is(runs):
 def test_two_processes_of_four_devices_match_one_process_of_eight(runs, tmp_path):
     """The uninterrupted 2 x 4 run against the same config in this test process (8 devices, 1 process)."""
     from jaxgen import config as config_lib
-    from jaxgen.train.loop import train_and_evaluate
+    from jaxgen.tasks import build_and_train
 
     config = config_lib.load_config(os.path.join(ROOT, ARGS[1]))
     config_lib.apply_overrides(config, [a[len("--config."):].split("=", 1) for a in ARGS[2:]])
-    train_and_evaluate(config, str(tmp_path / "single"))
+    build_and_train(config, str(tmp_path / "single"))
     single, multi = _losses(tmp_path / "single"), _losses(runs["base"] / "ref")
     assert sorted(multi) == list(range(1, STEPS + 1))
     np.testing.assert_allclose([multi[s] for s in multi], [single[s] for s in multi], rtol=1e-5)

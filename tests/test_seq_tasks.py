@@ -22,7 +22,7 @@ from jaxgen import data as data_lib
 from jaxgen import tasks
 from jaxgen.config import ConfigError
 from jaxgen.tasks import seq_classify, seq_copy, seq_generate
-from jaxgen.train.loop import train_and_evaluate
+from jaxgen.tasks import build_and_train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQ_CONFIGS = ("s4_seq_digits", "s4_smnist", "s4_psmnist", "s4_scifar", "s4_copying", "s4_generate_digits")
@@ -286,7 +286,7 @@ def test_classify_evaluation_equals_numpy_over_the_whole_test_split(permute):
 
 
 def test_digits_smoke_end_to_end(tmp_path):
-    out = train_and_evaluate(_config("s4_seq_digits.py:lru,smoke"), str(tmp_path))
+    out = build_and_train(_config("s4_seq_digits.py:lru,smoke"), str(tmp_path))
     assert out["eval/num_test"] == 297 and 0.0 <= out["eval/test_accuracy"] <= 1.0
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows if "loss" in row] == [2, 4]
@@ -295,7 +295,7 @@ def test_digits_smoke_end_to_end(tmp_path):
 
 
 def test_generate_smoke_end_to_end(tmp_path):
-    out = train_and_evaluate(_config("s4_generate_digits.py:smoke", **{"eval.score_samples": False}), str(tmp_path))
+    out = build_and_train(_config("s4_generate_digits.py:smoke", **{"eval.score_samples": False}), str(tmp_path))
     assert 0.5 < out["eval/test_nll"] < 2 * math.log(17)
     assert out["eval/nll_gap"] < 1e-4 and out["eval/nll_gap_max"] < 1e-4
     np.testing.assert_allclose(out["eval/test_bits_per_pixel"], out["eval/test_nll"] / math.log(2), rtol=1e-12)
@@ -303,7 +303,7 @@ def test_generate_smoke_end_to_end(tmp_path):
 
 
 def test_copying_smoke_end_to_end(tmp_path):
-    out = train_and_evaluate(_config("s4_copying.py:selective,smoke"), str(tmp_path))
+    out = build_and_train(_config("s4_copying.py:selective,smoke"), str(tmp_path))
     assert out["eval/num_test"] == 64 and 0.0 <= out["eval/test_sequence_accuracy"] <= out["eval/test_accuracy"] <= 1
     assert np.isfinite(out["eval/test_loss"])
 
@@ -314,5 +314,5 @@ def test_tfds_smoke_configs_end_to_end(tmp_path, spec):
 
     c = _config(spec)
     with tfds.testing.mock_data(num_examples=64):  # MNIST / CIFAR-10 are not prepared on the test machine
-        out = train_and_evaluate(c, str(tmp_path))
+        out = build_and_train(c, str(tmp_path))
     assert out["eval/num_test"] == 64 and np.isfinite(out["eval/test_loss"])

@@ -15,6 +15,7 @@ import pytest
 from jaxgen import config as config_lib
 from jaxgen import tasks
 from jaxgen.train.logging import read_metrics
+from jaxgen.tasks import build_and_train
 from jaxgen.train.loop import NonFiniteError, train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,7 +84,7 @@ RESUME_STEPS = {"train.num_steps": "300", "train.log_every": "1", "train.checkpo
 def uninterrupted(tmp_path_factory):
     """The reference losses of the resume tests, from one uninterrupted run (in-process, 8 devices)."""
     workdir = tmp_path_factory.mktemp("full")
-    train_and_evaluate(_load(TOY, **RESUME_STEPS), str(workdir))
+    build_and_train(_load(TOY, **RESUME_STEPS), str(workdir))
     return _losses(workdir)
 
 
@@ -133,7 +134,7 @@ def _flags(overrides):
 def eight_devices(tmp_path_factory):
     """Losses of steps 1..8 on the tests' 8 emulated devices (in-process)."""
     workdir = tmp_path_factory.mktemp("eight")
-    train_and_evaluate(_load(TOY, **STEPS8), str(workdir))
+    build_and_train(_load(TOY, **STEPS8), str(workdir))
     losses = _losses(workdir)
     return [losses[s] for s in range(1, 9)]
 
@@ -141,8 +142,8 @@ def eight_devices(tmp_path_factory):
 def test_one_device_and_fsdp_match_eight_and_restore_across_device_counts(tmp_path, eight_devices):
     _run(tmp_path / "one", *_flags(STEPS8), devices=1)
     # 2 (data) x 4 (fsdp): every parameter with a dimension divisible by 4 is split over 4 devices.
-    train_and_evaluate(_load(TOY, **STEPS8, **{"mesh.fsdp": "4", "mesh.fsdp_min_size": "1"}), str(tmp_path / "fsdp"))
-    train_and_evaluate(_load(TOY, **dict(STEPS8, **{"train.num_steps": "4"})), str(tmp_path / "switch"))
+    build_and_train(_load(TOY, **STEPS8, **{"mesh.fsdp": "4", "mesh.fsdp_min_size": "1"}), str(tmp_path / "fsdp"))
+    build_and_train(_load(TOY, **dict(STEPS8, **{"train.num_steps": "4"})), str(tmp_path / "switch"))
     _run(tmp_path / "switch", *_flags(STEPS8), devices=1)  # restores the 8-device checkpoint onto 1 device
     one, switch, fsdp = (_losses(tmp_path / d) for d in ("one", "switch", "fsdp"))
     np.testing.assert_allclose([one[s] for s in range(1, 9)], eight_devices, rtol=1e-5)

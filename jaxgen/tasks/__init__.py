@@ -39,3 +39,23 @@ def build(config) -> Task:
     if config.task not in available():
         raise ConfigError(f"config.task must be one of {available()}, got '{config.task}'")
     return importlib.import_module(f"jaxgen.tasks.{config.task}").build(config)
+
+
+def build_and_train(config, workdir: str) -> dict:
+    """Start jax.distributed where the run spans processes, build `config.task` and train it in `workdir`
+    (jaxgen.train.loop.train_and_evaluate); returns the final evaluation metrics."""
+    from jaxgen.train.loop import maybe_initialize_distributed, train_and_evaluate
+
+    maybe_initialize_distributed(config.distributed)
+    return train_and_evaluate(config, workdir, build(config))
+
+
+def dataset_info(config):
+    """`jaxgen.data.dataset_info(config.data)`, its errors as ConfigError (exit 2 on the command line)."""
+    from jaxgen import data as data_lib
+    from jaxgen.config import ConfigError
+
+    try:
+        return data_lib.dataset_info(config.data)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

@@ -1,4 +1,4 @@
-"""The one training loop: build the task, shard, restore, step, log, checkpoint, evaluate.
+"""The one training loop: shard a built task, restore, step, log, checkpoint, evaluate.
 
 Determinism: the key of step s is fold_in(train_key, s) and the data iterator's position is
 checkpointed with the state, so a run resumed from step N logs bitwise the same losses as an
@@ -20,7 +20,6 @@ import numpy as np
 
 from jaxgen import data as data_lib
 from jaxgen import paths
-from jaxgen import tasks as tasks_lib
 from jaxgen.config import ConfigError
 from jaxgen.train import mesh as mesh_lib
 from jaxgen.train.checkpoint import Checkpointer
@@ -252,8 +251,10 @@ def sharded_train_step(task, state_sharding, batch_sharding, train_key):
                    out_shardings=(state_sharding, None), donate_argnums=(0,))
 
 
-def train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
-    """Train `config.task` in `workdir` (resuming if it holds checkpoints); returns the final eval metrics.
+def train_and_evaluate(config, workdir: str, task) -> dict[str, Any]:
+    """Train `task` (a jaxgen.tasks.Task built from `config`) in `workdir`, resuming if it holds
+    checkpoints; returns the final eval metrics. `jaxgen.tasks.build_and_train(config, workdir)` builds
+    the task first.
 
     One run per workdir: process 0 holds the workdir's lock (jaxgen.train.workdir) for the whole run. A
     resume is validated (config unchanged outside an allow-list, newest intact checkpoint) before the
@@ -265,10 +266,9 @@ def train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
         return _train_and_evaluate(config, workdir, task)
 
 
-def _train_and_evaluate(config, workdir: str, task=None) -> dict[str, Any]:
+def _train_and_evaluate(config, workdir: str, task) -> dict[str, Any]:
     print(process_line(), flush=True)
     enable_compile_cache(config.train.get("compile_cache_dir", ""), workdir)
-    task = task if task is not None else tasks_lib.build(config)
 
     mesh = run_mesh(config)
     root = jax.random.key(config.seed)

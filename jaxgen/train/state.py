@@ -1,13 +1,16 @@
-"""Train state and the shared step helper that turns a loss into an optimizer + EMA step."""
+"""Train state, the shared step helper that turns a loss into an optimizer + EMA step, and `Trainable`:
+the network + optimizer scaffold every task sets up the same way."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import flax
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 
 @flax.struct.dataclass
@@ -117,3 +120,49 @@ def check_supported(config, net: str, *, remat: bool = False, low_precision: boo
         if value != "float32" and not low_precision:
             raise ConfigError(f"config.model.{key}='{value}' is not supported by the {net}; it computes in "
                               f"float32 (accepted: 'float32')")
+
+
+def eval_params(state: TrainState):
+    """The weights to evaluate: the EMA when config.ema_decay > 0, else the trained parameters."""
+    return state.ema_params if state.ema_params is not None else state.params
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainable:
+    """One network and its optimizer, as every task sets them up from config.optimizer, config.train and
+    config.ema_decay (see `trainable`).
+
+    graphdef / abstract_params: nnx.split of the network (params as ShapeDtypeStructs); tx: the optimizer
+    (with gradient accumulation when train.grad_accum_steps > 1); lr_schedule: its learning rate per update.
+    """
+
+    new_model: Callable[[jax.Array], nnx.Module]
+    graphdef: Any
+    abstract_params: Any
+    tx: optax.GradientTransformation
+    lr_schedule: optax.Schedule
+    ema_decay: float
+
+    def init(self, key: jax.Array, extra=None) -> TrainState:
+        """A fresh TrainState: the network's parameters initialised with `key`."""
+        _, params = nnx.split(self.new_model(key), nnx.Param)
+        return create_train_state(params, self.tx, self.ema_decay, extra=extra)
+
+    def train_step(self, loss_fn: LossFn, post_update: PostUpdateFn | None = None):
+        """`make_train_step` with this optimizer and EMA."""
+        return make_train_step(loss_fn, self.tx, self.lr_schedule, self.ema_decay, post_update)
+
+    def module(self, params) -> nnx.Module:
+        """The network with `params` (nnx.merge)."""
+        return nnx.merge(self.graphdef, params)
+
+
+def trainable(config, new_model: Callable[[jax.Array], nnx.Module]) -> Trainable:
+    """Set up `new_model(key) -> nnx.Module` for training under `config` (its optimizer, lr schedule over
+    ceil(train.num_steps / train.grad_accum_steps) updates, gradient accumulation and EMA decay)."""
+    from jaxgen.optim import make_optimizer
+
+    tx_builder, lr_schedule = make_optimizer(config.optimizer, optimizer_updates(config.train))
+    graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: new_model(jax.random.key(0))), nnx.Param)
+    tx = with_grad_accum(tx_builder(abstract_params), config.train)
+    return Trainable(new_model, graphdef, abstract_params, tx, lr_schedule, config.ema_decay)
