@@ -25,6 +25,7 @@ from jaxgen.diffusion.processes import (  # noqa: F401
     x0_eps_to_velocity,
     velocity_to_x0_eps,
     denoiser_from_eps,
+    broadcast_to_batch,
 )
 from jaxgen.diffusion.ddpm import q_sample, ddpm_loss, ddpm_sample, ddpm_posterior  # noqa: F401
 from jaxgen.diffusion.oracle import GaussianMixture, oracle_2d, oracle_16d, oracle_gaussian  # noqa: F401

@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from jaxgen.diffusion.ddpm import q_sample
-from jaxgen.diffusion.processes import DiscreteVP, _bcast
+from jaxgen.diffusion.processes import DiscreteVP, broadcast_to_batch
 from jaxgen.diffusion.samplers import _check_timesteps, vp_sample
 
 Array = Any
@@ -229,7 +229,7 @@ def npr_dpm_loss(head_fn: Callable, eps_fn: Callable, schedule: DiscreteVP, x0: 
 def _cov_scale(schedule, t, x):
     i = schedule.time_to_step(t)
     abar = schedule.alphas_cumprod[i]
-    return _bcast((1 - abar) / abar, x)
+    return broadcast_to_batch((1 - abar) / abar, x)
 
 
 def sn_cov_fn(head_fn: Callable, schedule: DiscreteVP, data_range: float | None = 2.0) -> Callable:

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen.diffusion.processes import Process, _bcast
+from jaxgen.diffusion.processes import Process, broadcast_to_batch
 
 Array = Any
 Apply = Callable[[Any, Array, Array, Any], Array]
@@ -128,8 +128,8 @@ def consistency_function(apply: Apply, params, x: Array, sigma: Array, key=None,
     """
     sigma = jnp.broadcast_to(jnp.asarray(sigma, x.dtype), x.shape[:1])
     c_skip, c_out, c_in, c_noise = spec.scalings(sigma)
-    out = apply(params, _bcast(c_in, x) * x, c_noise, key)
-    return _bcast(c_skip, x) * x + _bcast(c_out, x) * out.astype(x.dtype)
+    out = apply(params, broadcast_to_batch(c_in, x) * x, c_noise, key)
+    return broadcast_to_batch(c_skip, x) * x + broadcast_to_batch(c_out, x) * out.astype(x.dtype)
 
 
 def gaussian_consistency_function(x: Array, sigma: Array, mean: Array, std: float,
@@ -142,7 +142,7 @@ def gaussian_consistency_function(x: Array, sigma: Array, mean: Array, std: floa
     """
     sigma = jnp.broadcast_to(jnp.asarray(sigma, x.dtype), x.shape[:1])
     k = jnp.sqrt(std**2 + sigma_min**2) / jnp.sqrt(std**2 + sigma**2)
-    return mean + _bcast(k, x) * (x - mean)
+    return mean + broadcast_to_batch(k, x) * (x - mean)
 
 
 def edm_denoiser(denoise_fn: Callable, process: Process) -> Callable:
@@ -153,7 +153,7 @@ def edm_denoiser(denoise_fn: Callable, process: Process) -> Callable:
     def D(y, sigma):
         sigma = jnp.broadcast_to(jnp.asarray(sigma, y.dtype), y.shape[:1])
         t = process.time_of_sigma_ratio(sigma).astype(y.dtype)
-        return denoise_fn(_bcast(process.alpha(t), y).astype(y.dtype) * y, t).astype(y.dtype)
+        return denoise_fn(broadcast_to_batch(process.alpha(t), y).astype(y.dtype) * y, t).astype(y.dtype)
 
     return D
 
@@ -169,12 +169,12 @@ def pf_ode_step(denoise: Callable, x: Array, sigma_from: Array, sigma_to: Array,
     b = x.shape[0]
     s0 = jnp.broadcast_to(jnp.asarray(sigma_from, x.dtype), (b,))
     s1 = jnp.broadcast_to(jnp.asarray(sigma_to, x.dtype), (b,))
-    d0 = (x - denoise(x, s0)) / _bcast(s0, x)
-    x_e = x + _bcast(s1 - s0, x) * d0
+    d0 = (x - denoise(x, s0)) / broadcast_to_batch(s0, x)
+    x_e = x + broadcast_to_batch(s1 - s0, x) * d0
     if solver == "euler":
         return x_e
-    d1 = (x_e - denoise(x_e, s1)) / _bcast(s1, x)
-    return x + _bcast(s1 - s0, x) * 0.5 * (d0 + d1)
+    d1 = (x_e - denoise(x_e, s1)) / broadcast_to_batch(s1, x)
+    return x + broadcast_to_batch(s1 - s0, x) * 0.5 * (d0 + d1)
 
 
 def consistency_sample_sigmas(num_steps: int, spec: ConsistencySpec = ConsistencySpec()) -> np.ndarray:
@@ -256,7 +256,7 @@ def cd_loss_terms(apply: Apply, params, target_params, x0: Array, noise: Array, 
     dt = x0.dtype
     s_hi = karras_sigma(i + 1, num_scales, spec).astype(dt)
     s_lo = karras_sigma(i, num_scales, spec).astype(dt)
-    x_hi = x0 + _bcast(s_hi, x0) * noise
+    x_hi = x0 + broadcast_to_batch(s_hi, x0) * noise
     x_lo = jax.lax.stop_gradient(pf_ode_step(teacher, x_hi, s_hi, s_lo, solver))
     return _pair_terms(apply, params, target_params, x_hi, s_hi, x_lo, s_lo, dropout_key, spec, distance)
 
@@ -279,8 +279,8 @@ def ct_loss_terms(apply: Apply, params, target_params, x0: Array, noise: Array, 
     dt = x0.dtype
     s_hi = karras_sigma(i + 1, num_scales, spec).astype(dt)
     s_lo = karras_sigma(i, num_scales, spec).astype(dt)
-    x_hi = x0 + _bcast(s_hi, x0) * noise
-    x_lo = x0 + _bcast(s_lo, x0) * noise
+    x_hi = x0 + broadcast_to_batch(s_hi, x0) * noise
+    x_lo = x0 + broadcast_to_batch(s_lo, x0) * noise
     return _pair_terms(apply, params, target_params, x_hi, s_hi, x_lo, s_lo, dropout_key, spec, distance)
 
 

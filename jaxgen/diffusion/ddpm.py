@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen import _checks
-from jaxgen.diffusion.processes import DiscreteVP, _bcast
+from jaxgen.diffusion.processes import DiscreteVP, broadcast_to_batch
 
 Array = Any
 EpsFn = Callable[[Array, Array], Array]
@@ -45,7 +45,7 @@ def q_sample(schedule: DiscreteVP, x0: Array, i: Array, eps: Array, *, validate:
         chex.assert_shape(i, (x0.shape[0],))
     a = schedule.sqrt_alphas_cumprod[i]
     s = schedule.sqrt_one_minus_alphas_cumprod[i]
-    return _bcast(a, x0).astype(x0.dtype) * x0 + _bcast(s, x0).astype(x0.dtype) * eps
+    return broadcast_to_batch(a, x0).astype(x0.dtype) * x0 + broadcast_to_batch(s, x0).astype(x0.dtype) * eps
 
 
 def ddpm_posterior(schedule: DiscreteVP, x0: Array, x_t: Array, i: Array, *,
@@ -58,8 +58,8 @@ def ddpm_posterior(schedule: DiscreteVP, x0: Array, x_t: Array, i: Array, *,
     """
     chex.assert_equal_shape([x0, x_t])
     _check_steps(schedule, i, 1, validate)
-    c0 = _bcast(schedule.posterior_mean_coef_x0[i], x0)
-    ct = _bcast(schedule.posterior_mean_coef_xt[i], x0)
+    c0 = broadcast_to_batch(schedule.posterior_mean_coef_x0[i], x0)
+    ct = broadcast_to_batch(schedule.posterior_mean_coef_xt[i], x0)
     return c0 * x0 + ct * x_t, schedule.posterior_variance[i]
 
 

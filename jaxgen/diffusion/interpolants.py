@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen.diffusion.processes import ContinuousVP, Process, RectifiedFlow, _bcast
+from jaxgen.diffusion.processes import ContinuousVP, Process, RectifiedFlow, broadcast_to_batch
 
 Array = Any
 
@@ -101,7 +101,7 @@ def velocity_from_denoiser(denoise_fn: Callable, path: Process) -> Callable:
         t = jnp.asarray(t, x.dtype)
         a, b = path.alpha_sigma(t)
         da, db = path.alpha_sigma_dt(t)
-        a, b, da, db = (_bcast(c, x).astype(x.dtype) for c in (a, b, da, db))
+        a, b, da, db = (broadcast_to_batch(c, x).astype(x.dtype) for c in (a, b, da, db))
         d = denoise_fn(x, t).astype(x.dtype)
         # b = 0 only at t = 0, where E[x1 | x0] = 0; b'(0) may be infinite (VP), so mask the product
         pos = b > 0

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import _checks
-from jaxgen.diffusion.processes import Process, _bcast
+from jaxgen.diffusion.processes import Process, broadcast_to_batch
 
 Array = Any
 
@@ -162,7 +162,7 @@ class GaussianMixture:
 
         def f(x, t):
             a, s = process.alpha_sigma(t)
-            return (x - _bcast(a, x) * self.denoise(x, a, s)) / _bcast(s, x)
+            return (x - broadcast_to_batch(a, x) * self.denoise(x, a, s)) / broadcast_to_batch(s, x)
 
         return f
 

@@ -54,11 +54,13 @@ __all__ = [
     "v_to_eps",
     "x0_eps_to_velocity",
     "velocity_to_x0_eps",
+    "broadcast_to_batch",
 ]
 
 
-def _bcast(c: Array, x: Array) -> Array:
-    """Reshape a per-example coefficient of shape [B] (or a scalar) to broadcast against x [B, ...]."""
+def broadcast_to_batch(c: Array, x: Array) -> Array:
+    """A per-example coefficient c of shape [B] (or a scalar) reshaped to broadcast against x [B, ...]:
+    [B] -> [B, 1, ..., 1] with x.ndim axes, so that c * x scales example b by c_b."""
     c = jnp.asarray(c)
     if c.ndim == 0:
         return c
@@ -126,7 +128,7 @@ class Process:
     def marginal(self, x0: Array, t: Array, eps: Array) -> Array:
         """x_t = alpha(t) x0 + sigma(t) eps, with t of shape [B] (or scalar) and x0, eps of shape [B, ...]."""
         a, s = self.alpha_sigma(t)
-        return _bcast(a, x0) * x0 + _bcast(s, x0) * eps
+        return broadcast_to_batch(a, x0) * x0 + broadcast_to_batch(s, x0) * eps
 
 
 # ----------------------------------------------------------------------------------------------
@@ -413,7 +415,7 @@ def make_process(name: str, **kwargs) -> Process:
 
 # ----------------------------------------------------------------------------------------------
 # Conversions between predictions at a point x = alpha x0 + sigma eps.
-# alpha, sigma: scalars or arrays broadcastable against x (use _bcast for per-example [B] values).
+# alpha, sigma: scalars or arrays broadcastable against x (use broadcast_to_batch for per-example [B] values).
 # ----------------------------------------------------------------------------------------------
 
 
@@ -482,7 +484,7 @@ def denoiser_from_eps(eps_fn, process: Process, clip_x0: float | None = None):
 
     def denoise(x, t):
         a, s = process.alpha_sigma(t)
-        x0 = (x - _bcast(s, x) * eps_fn(x, t)) / _bcast(a, x)
+        x0 = (x - broadcast_to_batch(s, x) * eps_fn(x, t)) / broadcast_to_batch(a, x)
         return x0 if clip_x0 is None else jnp.clip(x0, -clip_x0, clip_x0)
 
     return denoise

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen.diffusion.interpolants import flow_solve, uniform_grid
-from jaxgen.diffusion.processes import _bcast
+from jaxgen.diffusion.processes import broadcast_to_batch
 
 Array = Any
 
@@ -48,7 +48,7 @@ def _sum_sq(v):
 def rf_interpolate(x0: Array, x1: Array, t: Array) -> Array:
     """x_t = (1 - t) x0 + t x1 with x0 (data), x1 (noise) [B, ...] and t [B] (or a scalar)."""
     chex.assert_equal_shape([x0, x1])
-    t = _bcast(jnp.asarray(t, x0.dtype), x0)
+    t = broadcast_to_batch(jnp.asarray(t, x0.dtype), x0)
     return (1.0 - t) * x0 + t * x1
 
 

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import _checks
-from jaxgen.diffusion.processes import DiscreteVP, Process, _bcast
+from jaxgen.diffusion.processes import DiscreteVP, Process, broadcast_to_batch
 
 Array = Any
 
@@ -392,7 +392,7 @@ def ode_sample(
     n = ts.shape[0] - 1
     b = x_init.shape[0]
     dt = x_init.dtype
-    bc = lambda v, x: _bcast(v, x)  # noqa: E731
+    bc = lambda v, x: broadcast_to_batch(v, x)  # noqa: E731
     rs = _as_step_array(r, n, "r").astype(dt)
     cs = _as_step_array(c, n, "c").astype(dt)
 

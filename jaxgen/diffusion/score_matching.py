@@ -24,7 +24,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from jaxgen.diffusion.processes import Process, _bcast
+from jaxgen.diffusion.processes import Process, broadcast_to_batch
 
 Array = Any
 
@@ -44,7 +44,7 @@ def dsm_loss(score_fn: Callable, process: Process, x0: Array, t: Array, eps: Arr
     """Per example ||s(x_t, t) + eps / sigma(t)||^2 with x_t = alpha(t) x0 + sigma(t) eps, shape [B]."""
     chex.assert_equal_shape([x0, eps])
     x_t = process.marginal(x0, t, eps)
-    return _sum_sq(score_fn(x_t, t) + eps / _bcast(process.sigma(t), eps))
+    return _sum_sq(score_fn(x_t, t) + eps / broadcast_to_batch(process.sigma(t), eps))
 
 
 def ssm_loss(score_fn: Callable, x_t: Array, t: Array, key: Array, num_projections: int = 1,

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import _checks
-from jaxgen.diffusion.processes import _bcast
+from jaxgen.diffusion.processes import broadcast_to_batch
 
 Array = Any
 
@@ -94,13 +94,13 @@ def shortcut_targets(s_fn: Callable, x0: Array, eps: Array, rows: dict) -> tuple
     s_fn(x, t [B], log2_inv_d [B]) is the target network (the EMA weights, no dropout).
     """
     t, level, n = rows["t"].astype(x0.dtype), rows["level"].astype(x0.dtype), rows["num_sc"]
-    x_t = _bcast(1.0 - t, x0) * x0 + _bcast(t, x0) * eps
+    x_t = broadcast_to_batch(1.0 - t, x0) * x0 + broadcast_to_batch(t, x0) * eps
     target = eps - x0
     if n:
         xs, ts, half_level = x_t[:n], t[:n], level[:n] + 1.0
         d = jnp.exp2(-half_level)
         v1 = s_fn(xs, ts, half_level)
-        v2 = s_fn(xs - _bcast(d, xs) * v1, ts - d, half_level)
+        v2 = s_fn(xs - broadcast_to_batch(d, xs) * v1, ts - d, half_level)
         target = jnp.concatenate([0.5 * (v1 + v2), target[n:]], 0)
     return x_t, jax.lax.stop_gradient(target)
 

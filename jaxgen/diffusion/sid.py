@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxgen import _checks
-from jaxgen.diffusion.processes import _bcast
+from jaxgen.diffusion.processes import broadcast_to_batch
 
 Array = Any
 
@@ -88,7 +88,7 @@ def sid_generator_loss_terms(teacher: Callable, fake: Callable, x_g: Array, sigm
 
     Equivalently (f_phi - f_psi)^T (f_psi - x_g) + (1 - alpha) ||f_phi - f_psi||^2 (Zhou et al. 2024, eq. 22 form).
     """
-    x_t = x_g + _bcast(sigma, x_g) * noise
+    x_t = x_g + broadcast_to_batch(sigma, x_g) * noise
     f_real, f_fake = teacher(x_t, sigma), fake(x_t, sigma)
     diff = f_real - f_fake
     per = jnp.sum((diff * ((f_real - x_g) - alpha * diff)).reshape(x_g.shape[0], -1), -1)
@@ -119,7 +119,7 @@ def fake_score_loss(fake_apply: Callable, fake_params, x_g: Array, key: Array, s
     k_s, k_n, k_drop = jax.random.split(key, 3)
     x_g = jax.lax.stop_gradient(x_g)
     sigma = sid_sigmas(k_s, x_g.shape[0], t_max, dtype=x_g.dtype)
-    x_t = x_g + _bcast(sigma, x_g) * jax.random.normal(k_n, x_g.shape, x_g.dtype)
+    x_t = x_g + broadcast_to_batch(sigma, x_g) * jax.random.normal(k_n, x_g.shape, x_g.dtype)
     weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
     err = jnp.sum(((fake_apply(fake_params, x_t, sigma, k_drop) - x_g) ** 2).reshape(x_g.shape[0], -1), -1)
     return jnp.mean(weight * err)
