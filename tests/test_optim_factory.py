@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from jaxgen.config import base_config
-from jaxgen.optim import make_optimizer, make_schedule
+from jaxgen.optim import make_optimizer, make_lr_schedule
 
 
 def _opt(**kw):
@@ -18,14 +18,14 @@ def _opt(**kw):
 
 
 def test_warmup_cosine_schedule_closed_form():
-    s = make_schedule(_opt(learning_rate=1.0, schedule="cosine", warmup_steps=10), num_steps=110)
+    s = make_lr_schedule(_opt(learning_rate=1.0, schedule="cosine", warmup_steps=10), num_steps=110)
     for step in (0, 5, 10, 60, 110):
         want = step / 10 if step < 10 else 0.5 * (1 + np.cos(np.pi * (step - 10) / 100))
         assert float(s(step)) == pytest.approx(want, abs=1e-6)
 
 
 def test_constant_schedule_with_warmup():
-    s = make_schedule(_opt(learning_rate=0.5, schedule="constant", warmup_steps=4), num_steps=100)
+    s = make_lr_schedule(_opt(learning_rate=0.5, schedule="constant", warmup_steps=4), num_steps=100)
     assert [float(s(i)) for i in (0, 2, 4, 50)] == pytest.approx([0.0, 0.25, 0.5, 0.5])
 
 
@@ -61,7 +61,7 @@ def test_unknown_optimizer_and_schedule():
     with pytest.raises(ValueError, match="config.optimizer.name must be one of"):
         make_optimizer(_opt(name="adagrad"), 10)
     with pytest.raises(ValueError, match="config.optimizer.schedule must be one of"):
-        make_schedule(_opt(schedule="linear"), 10)
+        make_lr_schedule(_opt(schedule="linear"), 10)
 
 
 def test_lion_gets_its_paper_betas_by_default():

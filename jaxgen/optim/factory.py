@@ -19,7 +19,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd", "lion")
 SCHEDULES = ("constant", "cosine")
 
 
-def make_schedule(opt_config, num_steps: int) -> optax.Schedule:
+def make_lr_schedule(opt_config, num_steps: int) -> optax.Schedule:
     """lr(step): linear warmup from 0 over `warmup_steps`, then constant or cosine decay to 0 at `num_steps`."""
     lr, warmup = opt_config.learning_rate, opt_config.warmup_steps
     if opt_config.schedule not in SCHEDULES:
@@ -130,7 +130,7 @@ def make_optimizer(opt_config, num_steps: int) -> tuple[Callable[[Any], optax.Gr
     Order: clip by global norm (all parameters together), then the per-group optimizers.
     """
     check_optimizer_config(opt_config)
-    schedule = make_schedule(opt_config, num_steps)
+    schedule = make_lr_schedule(opt_config, num_steps)
     groups = tuple(tuple(g) for g in opt_config.param_groups)
 
     def scaled(mult):
