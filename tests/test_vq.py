@@ -10,13 +10,13 @@ from jaxgen.quant import (
     VectorQuantizer,
     batch_init,
     code_counts,
-    codebook_perplexity,
-    codebook_usage,
     ema_codebook,
-    ema_update,
+    ema_codebook_update,
     kmeans_plusplus_init,
     nearest_code,
+    perplexity_from_counts,
     restart_dead_codes,
+    usage_from_counts,
     vector_quantize,
 )
 
@@ -91,7 +91,7 @@ def test_ema_update_matches_formula_loop():
         M1[k] = decay * M0[k] + (1 - decay) * z[sel].sum(0)
     n = N1.sum()
     e_ref = M1 / ((N1 + eps) / (n + K * eps) * n)[:, None]
-    state, e = jax.jit(lambda s, z, i: ema_update(s, z, i, decay=decay, eps=eps))(
+    state, e = jax.jit(lambda s, z, i: ema_codebook_update(s, z, i, decay=decay, eps=eps))(
         EMAState(jnp.asarray(N0, jnp.float32), jnp.asarray(M0, jnp.float32)), jnp.asarray(z, jnp.float32),
         jnp.asarray(idx))
     np.testing.assert_allclose(np.asarray(state.cluster_size), N1, rtol=1e-5)
@@ -105,7 +105,7 @@ def test_ema_converges_to_cluster_means():
     z = rand((64, D), 8)
     idx = jnp.asarray(np.arange(64) % K)
     state = EMAState(jnp.ones((K,)), jnp.zeros((K, D)))
-    step = jax.jit(lambda s: ema_update(s, jnp.asarray(z), idx, decay=0.5)[0])
+    step = jax.jit(lambda s: ema_codebook_update(s, jnp.asarray(z), idx, decay=0.5)[0])
     for _ in range(60):
         state = step(state)
     means = np.stack([z[np.arange(64) % K == k].mean(0) for k in range(K)])
@@ -116,12 +116,12 @@ def test_usage_and_perplexity_vs_numpy():
     idx = np.array([0, 0, 1, 3, 3, 3, 7, 0])
     counts = code_counts(jnp.asarray(idx), 10)
     np.testing.assert_array_equal(np.asarray(counts), np.bincount(idx, minlength=10))
-    assert float(codebook_usage(counts)) == pytest.approx(4 / 10)
+    assert float(usage_from_counts(counts)) == pytest.approx(4 / 10)
     p = np.bincount(idx) / len(idx)
     p = p[p > 0]
-    assert float(codebook_perplexity(counts)) == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-6)
-    assert float(codebook_perplexity(code_counts(jnp.arange(16), 16))) == pytest.approx(16.0, rel=1e-6)
-    assert float(codebook_perplexity(code_counts(jnp.zeros(9, jnp.int32), 16))) == pytest.approx(1.0)
+    assert float(perplexity_from_counts(counts)) == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-6)
+    assert float(perplexity_from_counts(code_counts(jnp.arange(16), 16))) == pytest.approx(16.0, rel=1e-6)
+    assert float(perplexity_from_counts(code_counts(jnp.zeros(9, jnp.int32), 16))) == pytest.approx(1.0)
 
 
 def test_restart_dead_codes():

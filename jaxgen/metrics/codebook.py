@@ -1,10 +1,12 @@
-"""Codebook health for vector-quantised models: usage and perplexity."""
+"""Codebook health for vector-quantised models: usage and perplexity of a set of code indices
+(`jaxgen.quant.usage_from_counts` / `perplexity_from_counts` of their histogram, checked)."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
 from jaxgen import _checks
+from jaxgen.quant.vq import perplexity_from_counts, usage_from_counts
 
 
 def _counts(indices, codebook_size: int) -> jax.Array:
@@ -22,7 +24,7 @@ def _counts(indices, codebook_size: int) -> jax.Array:
 
 def codebook_usage(indices, codebook_size: int) -> jax.Array:
     """Fraction of the codebook that occurs at least once: |{k : count_k > 0}| / K."""
-    return jnp.mean(_counts(indices, codebook_size) > 0)
+    return usage_from_counts(_counts(indices, codebook_size))
 
 
 def perplexity(indices, codebook_size: int) -> jax.Array:
@@ -30,6 +32,4 @@ def perplexity(indices, codebook_size: int) -> jax.Array:
 
     Ranges from 1 (one code) to K (uniform use of all K codes); 0 log 0 = 0.
     """
-    c = _counts(indices, codebook_size)
-    p = c / jnp.sum(c)
-    return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)))
+    return perplexity_from_counts(_counts(indices, codebook_size))

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxgen.quant.fsq import FSQ
-from jaxgen.quant.vq import VectorQuantizer, code_counts, codebook_perplexity, codebook_usage, l2_normalize
+from jaxgen.quant.vq import VectorQuantizer, code_counts, l2_normalize, perplexity_from_counts, usage_from_counts
 
 QUANTIZERS = ("vq", "vq_ema", "fsq")
 
@@ -249,7 +249,7 @@ class QuantizedAutoencoder(nnx.Module):
         terms = dict(recon=rec, codebook=q["codebook_loss"], commitment=q["commitment_loss"], quant=q["loss"])
         return dict(recon=recon, z_e=z_e, z_q=q["z_q"], indices=q["indices"], loss_terms=terms,
                     loss=rec + q["loss"],
-                    metrics=dict(usage=codebook_usage(counts), perplexity=codebook_perplexity(counts)))
+                    metrics=dict(usage=usage_from_counts(counts), perplexity=perplexity_from_counts(counts)))
 
     def update_quantizer_state(self, out: dict[str, Any], *, key: Array | None = None) -> None:
         """In place, after the gradient step: VQ EMA statistics (and dead-code restarts if key). FSQ: no-op."""

@@ -2,13 +2,14 @@
 
 Pure functions (arrays in, arrays out; jit-able):
 
-  nearest_code(z, codebook)          argmin_k ||z - e_k||^2 (or max cosine), computed in float32
-  vector_quantize(z, codebook, beta) STE output z_q = z + sg(e - z), codebook and commitment losses
-  ema_update(state, z, indices)      EMA codebook with Laplace smoothing (decay 0.99, eps 1e-5)
-  usage_ema_update(...)              EMA of assignment counts only (for the gradient-trained codebook)
-  restart_dead_codes(key, ...)       replace codes whose EMA count is below a threshold by batch vectors
-  kmeans_plusplus_init / batch_init  data-dependent codebook initialisation
-  code_counts / codebook_usage / codebook_perplexity   health metrics
+  nearest_code(z, codebook)               argmin_k ||z - e_k||^2 (or max cosine), computed in float32
+  vector_quantize(z, codebook, beta)      STE output z_q = z + sg(e - z), codebook and commitment losses
+  ema_codebook_update(state, z, indices)  EMA codebook with Laplace smoothing (decay 0.99, eps 1e-5)
+  usage_ema_update(...)                   EMA of assignment counts only (for the gradient-trained codebook)
+  restart_dead_codes(key, ...)            replace codes whose EMA count is below a threshold by batch vectors
+  kmeans_plusplus_init / batch_init       data-dependent codebook initialisation
+  code_counts / usage_from_counts / perplexity_from_counts   health metrics from code counts
+                                          (of indices: jaxgen.metrics.codebook_usage / perplexity)
 
 and `VectorQuantizer`, an NNX module that holds the codebook (an `nnx.Param` for 'vq', a
 `CodebookEMA` variable for 'vq_ema') and the non-trainable statistics (`CodebookEMA`).
@@ -157,12 +158,12 @@ def code_counts(indices: Array, num_codes: int, *, validate: bool | None = None)
     return jnp.zeros((num_codes,), jnp.float32).at[jnp.asarray(indices).reshape(-1)].add(1.0)
 
 
-def codebook_usage(counts: Array) -> Array:
+def usage_from_counts(counts: Array) -> Array:
     """Fraction of codes used at least once: #{k : n_k > 0} / K."""
     return jnp.mean((counts > 0).astype(jnp.float32))
 
 
-def codebook_perplexity(counts: Array) -> Array:
+def perplexity_from_counts(counts: Array) -> Array:
     """exp(H(p)), p_k = n_k / sum n, H = -sum p log p (0 log 0 = 0): from 1 (one code) to K (uniform)."""
     p = counts / jnp.maximum(jnp.sum(counts), 1e-12)
     return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)))
@@ -182,7 +183,7 @@ def ema_codebook(state: EMAState, eps: float = 1e-5) -> Array:
     return state.embed_sum / jnp.maximum(smoothed, 1e-12)[:, None]
 
 
-def ema_update(state: EMAState, z: Array, indices: Array, *, decay: float = 0.99,
+def ema_codebook_update(state: EMAState, z: Array, indices: Array, *, decay: float = 0.99,
                eps: float = 1e-5) -> tuple[EMAState, Array]:
     """One EMA step of the codebook (VQ-VAE appendix, with Laplace smoothing of the counts):
 
@@ -290,7 +291,7 @@ class VectorQuantizer(nnx.Module):
     Args:
       num_codes: codebook size K.  dim: code dimension D.
       ema: False -> codebook is an nnx.Param trained by the codebook loss; True -> CodebookEMA updated
-        by `update_state` (ema_update, decay/eps), and the loss is beta * commitment only.
+        by `update_state` (ema_codebook_update, decay/eps), and the loss is beta * commitment only.
       beta: commitment weight (0.25).  cosine: l2-normalise z and codes (cosine-similarity lookup).
       dead_threshold: codes whose EMA count N_k falls below it are restarted by `update_state` when
         a key is given; 0 disables restarts.
@@ -344,7 +345,7 @@ class VectorQuantizer(nnx.Module):
         if self.cosine:
             z_e = l2_normalize(z_e)
         if self.ema:
-            state, codebook = ema_update(EMAState(self.cluster_size[...], self.embed_sum[...]), z_e, indices,
+            state, codebook = ema_codebook_update(EMAState(self.cluster_size[...], self.embed_sum[...]), z_e, indices,
                                          decay=self.decay, eps=self.eps)
             if self.cosine:
                 codebook = l2_normalize(codebook)
