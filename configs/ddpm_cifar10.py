@@ -39,7 +39,7 @@ import ml_collections
 
 from jaxgen.config import base_config
 from jaxgen.data import default_data_config
-from jaxgen.tasks.ddpm import config_with_variant, eval_config
+from jaxgen.tasks.diffusion import config_with_variant, diffusion_config, eval_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -48,13 +48,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def _config(smoke: bool) -> ml_collections.ConfigDict:
     c = base_config()
-    c.task = "ddpm"
+    c.task = "diffusion"
     c.data = default_data_config("cifar10")
     c.data.random_flip = True
     c.model = ml_collections.ConfigDict(dict(
         name="unet", ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
         num_groups=32))
-    c.diffusion = ml_collections.ConfigDict(dict(schedule="linear", num_steps=1000))
+    c.diffusion = diffusion_config(process="ddpm", schedule="linear", num_steps=1000)
     c.train.num_steps = 800_000
     c.train.batch_size = 128
     c.train.log_every = 1000
@@ -64,7 +64,7 @@ def _config(smoke: bool) -> ml_collections.ConfigDict:
     c.optimizer.warmup_steps = 5000
     c.optimizer.grad_clip = 1.0
     c.ema_decay = 0.9999
-    c.eval = eval_config(num_samples=10_000, variance="beta", clip_x0=1.0, pixel_width=2 / 255)
+    c.eval = eval_config(batch_size=256, num_samples=10_000, variance="beta", clip_x0=1.0, pixel_width=2 / 255)
     if smoke:
         c.data.mock = True  # tfds mock data: runs before CIFAR-10 is prepared
         c.train.num_steps = 2
@@ -78,4 +78,5 @@ def _config(smoke: bool) -> ml_collections.ConfigDict:
         c.model.num_groups = 4
         c.eval.classifier_steps = 10
         c.eval.num_samples = 8
+        c.eval.batch_size = 1
     return c

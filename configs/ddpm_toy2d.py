@@ -26,7 +26,7 @@ import ml_collections
 
 from jaxgen.config import base_config, smoke_train
 from jaxgen.data import default_data_config
-from jaxgen.tasks.ddpm import config_with_variant, eval_config
+from jaxgen.tasks.diffusion import config_with_variant, diffusion_config, eval_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -35,10 +35,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def _config(smoke: bool) -> ml_collections.ConfigDict:
     c = base_config()
-    c.task = "ddpm"
+    c.task = "diffusion"
     c.data = default_data_config("gmm_grid")
     c.model = ml_collections.ConfigDict(dict(name="mlp", hidden=256, depth=3, t_embed=64))
-    c.diffusion = ml_collections.ConfigDict(dict(schedule="linear", num_steps=1000))
+    c.diffusion = diffusion_config(process="ddpm", schedule="linear", num_steps=1000)
     c.train.num_steps = 5000
     c.train.batch_size = 256
     c.train.log_every = 250
@@ -47,10 +47,11 @@ def _config(smoke: bool) -> ml_collections.ConfigDict:
     c.optimizer.schedule = "cosine"
     c.optimizer.warmup_steps = 100
     c.ema_decay = 0.995
-    c.eval = eval_config(num_samples=2000, variance="beta_tilde", clip_x0=None, untrained_baseline=True)
+    c.eval = eval_config(batch_size=500, num_samples=2000, variance="beta_tilde", clip_x0=None, untrained_baseline=True)
     if smoke:
         smoke_train(c, batch_size=32)
         c.diffusion.num_steps = 20
         c.eval.num_samples = 64
+        c.eval.batch_size = 8
         c.model.hidden = 32
     return c

@@ -28,7 +28,7 @@ import ml_collections
 
 from jaxgen.config import base_config, smoke_train
 from jaxgen.data import default_data_config
-from jaxgen.tasks.ddpm import config_with_variant, eval_config
+from jaxgen.tasks.diffusion import config_with_variant, diffusion_config, eval_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -37,11 +37,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def _config(smoke: bool) -> ml_collections.ConfigDict:
     c = base_config()
-    c.task = "ddpm"
+    c.task = "diffusion"
     c.data = default_data_config("digits")
     c.model = ml_collections.ConfigDict(dict(
         name="unet", ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.1, num_groups=8))
-    c.diffusion = ml_collections.ConfigDict(dict(schedule="linear", num_steps=1000))
+    c.diffusion = diffusion_config(process="ddpm", schedule="linear", num_steps=1000)
     c.train.num_steps = 2000
     c.train.batch_size = 64
     c.train.log_every = 100
@@ -52,7 +52,7 @@ def _config(smoke: bool) -> ml_collections.ConfigDict:
     c.optimizer.warmup_steps = 100
     c.optimizer.grad_clip = 1.0
     c.ema_decay = 0.995
-    c.eval = eval_config(num_samples=297, sample_steps=250, variance="beta", clip_x0=1.0, pixel_width=2 / 16,
+    c.eval = eval_config(batch_size=100, num_samples=297, sample_steps=250, variance="beta", clip_x0=1.0, pixel_width=2 / 16,
                          untrained_baseline=True)
     if smoke:
         smoke_train(c)
@@ -60,6 +60,7 @@ def _config(smoke: bool) -> ml_collections.ConfigDict:
         c.eval.sample_steps = 0
         c.eval.classifier_steps = 50
         c.eval.num_samples = 16
+        c.eval.batch_size = 2  # x 8 devices in the tests
         c.model.ch = 8
         c.model.num_groups = 4
     return c

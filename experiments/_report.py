@@ -90,14 +90,15 @@ def digits_model(workdir: str, log=print):
     from jaxgen import config as config_lib
     from jaxgen import data as data_lib
     from jaxgen import metrics
-    from jaxgen.tasks import ddpm
+    from jaxgen.tasks import diffusion as diffusion_task
     from jaxgen.tasks import build_and_train
 
     config = config_lib.load_config(os.path.join(ROOT, "configs", "quickstart.py"))
     if not paths.listdir(paths.join(workdir, "checkpoints")):
         log(f"training the quickstart digits model in {workdir}")
         build_and_train(config, workdir)
-    eps_fn, schedule, step = ddpm.load_trained(config, workdir)
+    fns, schedule, step = diffusion_task.load_trained(config, workdir)
+    eps_fn = fns.eps
     log(f"digits model: {workdir} at step {step}")
     train = data_lib.load_split(config.data, config.data.split_train)
     test = data_lib.load_split(config.data, config.data.split_test)

@@ -150,7 +150,7 @@ def _oracle_exact_cov(gm, schedule):
 def _digits_rows(m, ks, quick):
     """The digits setting: SN / NPR heads are UNets of the model's architecture trained on the frozen model."""
     from jaxgen.data import dataset_info
-    from jaxgen.tasks.ddpm import make_model
+    from jaxgen.tasks.diffusion import make_model
 
     config, schedule = m["config"], m["schedule"]
     info = dataset_info(config.data)

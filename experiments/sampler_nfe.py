@@ -48,7 +48,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxgen import diffusion as D  # noqa: E402
-from jaxgen.diffusion import amed  # noqa: E402
+from jaxgen.diffusion import amed, sampling  # noqa: E402
+from jaxgen.diffusion.objectives import ModelFns  # noqa: E402
 from experiments._report import digits_model, markdown_table as _table, prepare_out, sample_quality, save_figure  # noqa: E402
 from experiments._report import write_rows  # noqa: E402
 
@@ -97,12 +98,15 @@ def evaluate_model(setting: str, eps_fn, schedule, data, key, nfes, denoise_fn=N
     def rmse(x):
         return float(jnp.sqrt(jnp.mean(jnp.sum(((x - ref) ** 2).reshape(x.shape[0], -1), -1))))
 
+    fns = ModelFns(eps_fn, denoise_fn, None)
     for nfe in nfes:
         for method in ("euler", "heun", "dpm2", "amed", "ddim", "ddpm", "pc"):
             if method == "pc" and nfe % 2:
                 continue
             t0 = time.time()
             extra = {}
+            spec = sampling.SamplerSpec(method, nfe // 2 if method == "pc" else nfe, variance="beta_tilde",
+                                        clip_x0=None)
             if method in ODE:
                 n = nfe if method == "euler" else math.ceil(nfe / 2)
                 afs = method != "euler" and nfe % 2 == 1
@@ -119,17 +123,11 @@ def evaluate_model(setting: str, eps_fn, schedule, data, key, nfes, denoise_fn=N
                     extra = dict(amed_r=float(np.mean(info["r"])), amed_c=float(np.mean(info["c"])),
                                  train_s=time.time() - t0)
                     t0 = time.time()
-                x = D.ode_sample(denoise_fn, schedule, x_T, ts, method, afs=afs, rc_fn=rc_fn)
+                x = sampling.sample(fns, schedule, shape, None, spec, grid=(ts, afs), x_init=x_T, rc_fn=rc_fn)
                 x = jax.block_until_ready(x)
                 err = rmse(x)
             else:
-                k = jax.random.fold_in(kd, 1000 + nfe)
-                if method == "ddim":
-                    x = D.ddim_sample(eps_fn, schedule, shape, k, nfe, eta=0.0)
-                elif method == "ddpm":
-                    x = D.ddpm_skip_sample(eps_fn, schedule, shape, k, nfe, "beta_tilde")
-                else:
-                    x = D.pc_sample(eps_fn, schedule, shape, k, nfe // 2)
+                x = sampling.sample(fns, schedule, shape, jax.random.fold_in(kd, 1000 + nfe), spec)
                 x = jax.block_until_ready(x)
                 err = None
             row = dict(method=method, setting=setting, nfe=int(nfe), **_quality(x, data, kq), ode_rmse=err,

@@ -33,12 +33,17 @@ def available() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
 
 
+# Earlier names of tasks, still accepted: config.task='ddpm' (DDPM's discrete VP) is the diffusion task.
+ALIASES = {"ddpm": "diffusion"}
+
+
 def build(config) -> Task:
     from jaxgen.config import ConfigError
 
-    if config.task not in available():
+    name = ALIASES.get(config.task, config.task)
+    if name not in available():
         raise ConfigError(f"config.task must be one of {available()}, got '{config.task}'")
-    return importlib.import_module(f"jaxgen.tasks.{config.task}").build(config)
+    return importlib.import_module(f"jaxgen.tasks.{name}").build(config)
 
 
 def build_and_train(config, workdir: str) -> dict:

@@ -1,0 +1,568 @@
+"""Diffusion and flow models of any process: one loss, any sampler, sample-quality evaluation in batches.
+
+Config keys beyond the shared ones (`diffusion_config()` / `eval_config()` give every key with its default):
+  model.name: 'unet' (images) | 'mlp' (vectors), plus the network's keyword arguments
+  diffusion.process: 'ddpm' (DDPM's discrete VP: diffusion.schedule 'linear' | 'cosine', diffusion.num_steps T),
+    'vp' (continuous VP SDE, diffusion.schedule 'linear' | 'cosine'), 've', 'edm', 'rf' (rectified flow)
+  diffusion.prediction: 'eps' | 'x0' | 'v' | 'velocity' | 'edm' (EDM's preconditioned F, diffusion.sigma_data);
+  diffusion.weighting: 'uniform' | 'snr' | 'min_snr' (diffusion.min_snr_gamma) | 'edm';
+  diffusion.time_sampling: 'uniform' | 'lognormal' | 'logit_normal' (diffusion.time_mean / time_std; None: the
+    kind's default, EDM's -1.2 / 1.2 or 0 / 1), diffusion.t_min (continuous processes' smallest training time).
+    The loss and these choices: jaxgen.diffusion.objectives; DDPM's L_simple is process 'ddpm', 'eps', 'uniform'.
+  eval.num_samples, eval.batch_size (per device: samples are drawn in global batches of batch_size x devices,
+    sharded over the mesh; sample j depends only on (the eval key, j), so any device count gives the same samples);
+  eval.sampler, eval.sample_steps, eval.variance, eval.eta, eval.skip, eval.clip_x0, eval.pixel_width: the sampler
+    (jaxgen.diffusion.sampling; e.g. 'ddpm' with 'analytic' variance, 'ddim', 'heun', 'amed', 'flow_euler', 'rk45');
+  eval.metric: images are scored by the Fréchet distance in the features of a small classifier trained on the
+    same dataset ('classifier': eval/fd) or of the FID Inception-v3 ('inception': eval/fid and eval/is, against
+    eval.fid_stats, an .npz of (mu, sigma), else the test split's statistics; eval.inception_weights, default:
+    the published file, downloaded once); 2-D data by sliced W2 and MMD against the test split (eval/sw2, eval/mmd);
+  eval.untrained_baseline (also score a freshly initialised network), eval.classifier_steps, eval.gamma_samples
+    (Analytic-DPM's Gamma), eval.head_steps (SN/NPR heads), eval.amed_iters (AMED predictor).
+The learned sampler parts are fitted on the frozen (EMA) model at the first evaluation that needs them and cached
+under workdir/sampling/ per checkpoint step and step set. An Inception evaluation saves its running statistics
+after every batch (workdir/eval/), so an interrupted 50,000-sample evaluation resumes from its last batch.
+Re-running a finished workdir with other eval.* values only samples and evaluates again, e.g.
+  python -m jaxgen.run --config configs/quickstart.py --workdir runs/quickstart --config.eval.sampler=ddim
+      --config.eval.sample_steps=50 --config.eval.variance=analytic
+Figures: figures/samples_<tag>.png, the tag naming the sampling (e.g. ddim-K50-eta0-analytic).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxgen import data as data_lib
+from jaxgen import diffusion, metrics, paths, viz
+from jaxgen.config import ConfigError
+from jaxgen.diffusion import objectives, sampling
+from jaxgen.tasks import Task, dataset_info
+from jaxgen.train.state import eval_params, trainable
+
+MODELS = ("unet", "mlp")
+PROCESSES = ("ddpm", "vp", "ve", "edm", "rf")
+METRICS = ("classifier", "inception")
+DIFFUSION_DEFAULTS = dict(process="ddpm", schedule="linear", num_steps=1000, prediction="eps", weighting="uniform",
+                          time_sampling="uniform", time_mean=None, time_std=None, t_min=1e-3, sigma_data=0.5,
+                          min_snr_gamma=5.0)
+EVAL_DEFAULTS = dict(num_samples=500, batch_size=128, sampler="ddpm", sample_steps=0, variance="beta", eta=0.0,
+                     skip="uniform", clip_x0=1.0, pixel_width=None, metric="classifier", fid_stats="",
+                     inception_weights="", untrained_baseline=False, classifier_steps=500, gamma_samples=2000,
+                     head_steps=1000, amed_iters=200)
+
+
+def _section(defaults, name, overrides):
+    unknown = set(overrides) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown {name} keys {sorted(unknown)}; accepted: {sorted(defaults)}")
+    return ml_collections.ConfigDict(dict(defaults, **overrides))
+
+
+def diffusion_config(**overrides) -> ml_collections.ConfigDict:
+    """`config.diffusion` for this task: every key with its default."""
+    return _section(DIFFUSION_DEFAULTS, "diffusion", overrides)
+
+
+def eval_config(**overrides) -> ml_collections.ConfigDict:
+    """`config.eval` for this task: every key with its default."""
+    return _section(EVAL_DEFAULTS, "eval", overrides)
+
+
+# Config-file variants, one per sampling family, at a few-step setting where the families differ
+# ('ddpm' keeps the config's own sampling). E.g. configs/quickstart.py:analytic or :amed,smoke.
+SAMPLING_VARIANTS = {
+    "ddpm": {},
+    "ddim": dict(sampler="ddim", sample_steps=50, eta=0.0),
+    "analytic": dict(sampler="ddpm", variance="analytic", sample_steps=25),
+    "analytic_ddim": dict(sampler="ddim", variance="analytic", sample_steps=25, eta=0.0),
+    "npr": dict(sampler="ddpm", variance="npr", sample_steps=25),
+    "sn": dict(sampler="ddpm", variance="sn", sample_steps=25),
+    "pc": dict(sampler="pc", sample_steps=100),
+    "euler": dict(sampler="euler", sample_steps=50),
+    "heun": dict(sampler="heun", sample_steps=35),
+    "dpm2": dict(sampler="dpm2", sample_steps=10),
+    "amed": dict(sampler="amed", sample_steps=5),
+}
+
+
+def config_with_variant(get_base, arg: str | None):
+    """A diffusion config file's get_config: `arg` is an optional sampling variant (SAMPLING_VARIANTS) and/or
+    'smoke', comma-separated; get_base(smoke) returns the file's config."""
+    from jaxgen.config import parse_variant
+
+    v = parse_variant(arg, {"sampling": tuple(SAMPLING_VARIANTS)}, {"sampling": "ddpm"})
+    c = get_base(v["smoke"])
+    c.eval.update(SAMPLING_VARIANTS[v["sampling"]])
+    if v["smoke"] and v["sampling"] != "ddpm":
+        c.eval.sample_steps = min(c.eval.sample_steps or c.diffusion.num_steps, 5)
+        c.eval.update(gamma_samples=64, head_steps=5, amed_iters=5)
+    return c
+
+
+def settings(config) -> ml_collections.ConfigDict:
+    """config.diffusion with the defaults of keys it lacks (configs written before they existed)."""
+    return ml_collections.ConfigDict(dict(DIFFUSION_DEFAULTS, **config.diffusion))
+
+
+def make_process(d) -> diffusion.Process:
+    """The process of `settings(config)`."""
+    if d.process == "ddpm":
+        return diffusion.make_schedule(d.schedule, d.num_steps)
+    if d.process == "vp":
+        return diffusion.ContinuousVP(d.schedule)
+    return diffusion.make_process(d.process)
+
+
+def make_model(model_config, info, rngs: nnx.Rngs, remat: bool = False) -> nnx.Module:
+    """The network of config.model (its keys are the network's arguments); remat: config.train.remat."""
+    kwargs = {k: v for k, v in model_config.items() if k != "name"}
+    if model_config.name == "unet":
+        from jaxgen.nets.unet import UNet
+
+        if len(info.shape) != 3:
+            raise ConfigError(f"config.model.name='unet' needs image data (H, W, C); '{info.name}' has shape {info.shape}")
+        try:
+            return UNet(in_channels=info.shape[-1], image_size=info.shape[0], remat=remat, rngs=rngs, **kwargs)
+        except (ValueError, TypeError) as e:  # the network's own argument checks name the key
+            raise ConfigError(f"config.model: {e}") from None
+    if model_config.name == "mlp":
+        from jaxgen.nets.mlp import MLPDenoiser
+
+        if len(info.shape) != 1:
+            raise ConfigError(f"config.model.name='mlp' needs vector data (D,); '{info.name}' has shape {info.shape}")
+        if remat:
+            raise ConfigError("config.train.remat=True is not supported by the MLP denoiser (only by "
+                              "config.model.name='unet'); set it to False")
+        try:
+            return MLPDenoiser(dim=info.shape[0], rngs=rngs, **kwargs)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"config.model: {e}") from None
+    raise ConfigError(f"config.model.name must be one of {MODELS}, got '{model_config.name}'")
+
+
+def _one_of(key, value, accepted):
+    if value not in accepted:
+        raise ConfigError(f"config.{key} must be one of {accepted}, got '{value}'")
+
+
+def _validate(config, d, info) -> None:
+    _one_of("diffusion.process", d.process, PROCESSES)
+    if d.process in ("ddpm", "vp"):
+        _one_of("diffusion.schedule", d.schedule, ("linear", "cosine"))
+    if d.num_steps < 1:
+        raise ConfigError(f"config.diffusion.num_steps must be >= 1, got {d.num_steps}")
+    _one_of("diffusion.prediction", d.prediction, objectives.PREDICTIONS)
+    _one_of("diffusion.weighting", d.weighting, objectives.WEIGHTINGS)
+    _one_of("diffusion.time_sampling", d.time_sampling, objectives.TIME_SAMPLINGS)
+    if not 0 <= d.t_min < 1:
+        raise ConfigError(f"config.diffusion.t_min must be in [0, 1), got {d.t_min}")
+    if d.prediction in ("eps", "v", "edm") and d.process == "rf" and d.time_sampling == "uniform" and d.t_min == 0:
+        raise ConfigError("config.diffusion.t_min must be > 0 for rectified flow with prediction "
+                          f"'{d.prediction}' (sigma / alpha is 0 at t = 0)")
+    ev = config.eval
+    _one_of("eval.metric", ev.get("metric", "classifier"), METRICS)
+    if ev.get("metric", "classifier") == "inception" and (len(info.shape) != 3 or info.shape[-1] not in (1, 3)):
+        raise ConfigError(f"config.eval.metric='inception' needs images (H, W, 1 or 3); '{info.name}' has shape "
+                          f"{info.shape}")
+    try:
+        sampling.SamplerSpec.from_config(ev).check(make_process(d))
+    except ValueError as e:
+        raise ConfigError(f"config.eval: {e}") from None
+    for name in ("gamma_samples", "head_steps", "amed_iters", "batch_size"):
+        if ev.get(name, 1) < 1:
+            raise ConfigError(f"config.eval.{name} must be >= 1, got {ev[name]}")
+    if ev.num_samples < 2:
+        raise ConfigError(f"config.eval.num_samples must be >= 2, got {ev.num_samples}")
+
+
+def build(config) -> Task:
+    info = dataset_info(config)
+    d = settings(config)
+    _validate(config, d, info)
+    ev = eval_config(**config.eval)
+    process = make_process(d)
+    param = objectives.Parameterization(process, d.prediction, d.sigma_data)
+    spec = sampling.SamplerSpec.from_config(ev)
+    t = trainable(config, lambda key: make_model(config.model, info, nnx.Rngs(params=key),
+                                                 remat=config.train.get("remat", False)))
+    loss_kwargs = dict(weighting=d.weighting, time_sampling=d.time_sampling, t_min=d.t_min, time_mean=d.time_mean,
+                       time_std=d.time_std, min_snr_gamma=d.min_snr_gamma)
+
+    def net(params, key=None):
+        model = t.module(params)
+        return lambda x, tt: model(x, tt, key=key)
+
+    def loss_fn(params, extra, batch, key):
+        k_drop, k_loss = jax.random.split(key)
+        return objectives.diffusion_loss(net(params, k_drop), param, batch["x"], k_loss, **loss_kwargs), ({}, extra)
+
+    @functools.cache
+    def train_split():  # loaded once, for the learned sampler parts and the image classifier
+        return data_lib.load_split(config.data, config.data.split_train)
+
+    learned = _LearnedParts(spec, process, param, net, t, info, ev, config, train_split)
+    draw = _BatchSampler(spec, process, param, net, learned, info.shape, ev.batch_size, d.t_min)
+
+    def evaluate(state, key, workdir):
+        k_sample, k_metric, k_untrained, k_fit = jax.random.split(key, 4)
+        params = eval_params(state)
+        aux = learned.inputs(params, k_fit, paths.join(workdir, "sampling"), int(state.step))
+        tag = spec.tag()
+        score = _Scorer(config, ev, info, k_metric, train_split, workdir, tag, int(state.step))
+        B = draw.global_batch(params)
+        out, shown = score(lambda start: draw(params, aux, k_sample, start), ev.num_samples, B)
+        if ev.untrained_baseline:  # the same sampler without its learned inputs
+            plain = draw.without_learned()
+            untrained = jax.device_put(t.init(k_untrained).params, _replicated_like(params))
+            baseline, _ = score(lambda start: plain(untrained, {}, k_sample, start), ev.num_samples, B,
+                                resumable=False)
+            out.update({f"{k}_untrained": v for k, v in baseline.items() if not k.startswith("classifier")})
+        if jax.process_index() == 0:
+            real = data_lib.load_split(config.data, config.data.split_test)["x"][:len(shown)]
+            viz.save_samples_figure(paths.join(workdir, "figures", f"samples_{tag}.png"), shown, real,
+                                    title=tag + ": " + ", ".join(f"{k}={v:.3g}" for k, v in out.items()))
+        print(f"sampled with {tag}: figures/samples_{tag}.png", flush=True)
+        return out
+
+    def eval_step(state):
+        """One batch of the sampler evaluate() runs, with its learned inputs at their shapes (Gamma = 0)."""
+        params = eval_params(state)
+        fn, aux = draw.compiled_for(params, learned.abstract_inputs())
+        key = jax.eval_shape(lambda: jax.random.key(0))
+        start = jax.ShapeDtypeStruct((), jnp.int32)
+        return fn, (params, aux, key, start), f"{spec.tag()} sampler, batch {ev.batch_size} per device"
+
+    return Task(init=t.init, train_step=t.train_step(loss_fn), evaluate=evaluate, eval_step=eval_step)
+
+
+class _LearnedParts:
+    """The learned inputs of a sampler (Analytic-DPM's variances, an SN/NPR head, an AMED predictor): fitted on
+    the frozen model once per checkpoint step and step set, then cached under workdir/sampling/."""
+
+    def __init__(self, spec, process, param, net, t, info, ev, config, train_split):
+        self.spec, self.process, self.param, self.net, self.t = spec, process, param, net, t
+        self.info, self.ev, self.config, self.train_split = info, ev, config, train_split
+        self.amed_graphdef, self.amed_abstract = nnx.split(
+            nnx.eval_shape(lambda: diffusion.AMEDPredictor(rngs=nnx.Rngs(0))))
+
+    def _timesteps(self):
+        return diffusion.skip_timesteps(self.process.num_steps, self.spec.steps or self.process.num_steps,
+                                        self.spec.skip)
+
+    def variances(self, gamma):
+        s = self.spec
+        return diffusion.analytic_variance(self.process, self._timesteps(), gamma, s.eta_value, s.data_range,
+                                           s.pixel_width)
+
+    def inputs(self, params, key, cache_dir, step) -> dict:
+        """{'variances' | 'head' | 'amed': ...} for the sampler, fitted or read from the cache."""
+        s, ev = self.spec, self.ev
+        fns = objectives.model_fns(self.net(params), self.param)
+        if s.learned == "analytic":
+            ts = self._timesteps()
+            gamma = cached_gamma(paths.join(cache_dir, f"gamma_step{step}_K{len(ts)}_{s.skip}.json"), ts, lambda: (
+                diffusion.estimate_gamma(fns.eps, self.process, self.train_split()["x"][:ev.gamma_samples], key, ts,
+                                         batch_size=min(ev.gamma_samples, 500))))
+            return dict(variances=np.asarray(self.variances(gamma)))  # baked into the sampler (NumPy)
+        if s.learned in ("npr", "sn"):
+            def fit():
+                head_init = self.t.init(jax.random.fold_in(key, 1)).params
+                fitted, _, loss = diffusion.fit_cov_head(
+                    s.variance, lambda p, x, tt: self.net(p)(x, tt), head_init, fns.eps, self.process,
+                    self.train_split()["x"], key, ev.head_steps, self.config.train.batch_size,
+                    self.config.optimizer.learning_rate)
+                print(f"{s.variance.upper()} head: {ev.head_steps} steps, final loss {loss:.4g}", flush=True)
+                return fitted
+
+            head = cached_pytree(paths.join(cache_dir, f"{s.variance}_head_step{step}"), self.t.abstract_params, fit)
+            return dict(head=jax.device_put(head, _replicated_like(params)))
+        if s.learned == "amed":
+            def fit():
+                K = s.steps or self.process.num_steps
+                ts, afs = sampling.pf_ode_grid(self.process, K, "amed")
+                sigma0 = self.process.sigma(jnp.asarray(ts[0], jnp.float32))
+                denoise = lambda x, tt: jnp.clip(fns.denoise(x, tt), -s.clip_x0, s.clip_x0) \
+                    if s.clip_x0 is not None else fns.denoise(x, tt)  # noqa: E731
+                _, fit_info = diffusion.fit_amed(
+                    denoise, self.process, ts, lambda k, m: sigma0 * jax.random.normal(k, (m,) + tuple(self.info.shape)),
+                    key, afs=afs, num_train=512, batch_size=64, num_iters=ev.amed_iters)
+                print(f"AMED predictor: {ev.amed_iters} steps, loss {fit_info['losses'][0]:.4g} -> "
+                      f"{fit_info['losses'][-1]:.4g}, mean r per step {np.round(fit_info['r'], 3)}", flush=True)
+                return fit_info["state"]
+
+            amed = cached_pytree(paths.join(cache_dir, f"amed_step{step}_nfe{s.steps}"), self.amed_abstract, fit)
+            return dict(amed=jax.device_put(amed, _replicated_like(params)))
+        return {}
+
+    def abstract_inputs(self) -> dict:
+        """inputs() as ShapeDtypeStructs (for compile checks; Analytic-DPM's variances at Gamma = 0)."""
+        s = self.spec
+        if s.learned == "analytic":
+            return dict(variances=np.asarray(self.variances(np.zeros(len(self._timesteps())))))
+        shapes = {"npr": ("head", self.t.abstract_params), "sn": ("head", self.t.abstract_params),
+                  "amed": ("amed", self.amed_abstract)}
+        if s.learned in shapes:
+            name, tree = shapes[s.learned]
+            return {name: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)}
+        return {}
+
+    def sampler_kwargs(self, aux) -> dict:
+        """`sampling.sample` keyword arguments from inputs()."""
+        s = self.spec
+        if "variances" in aux:
+            return dict(variances=aux["variances"])
+        if "head" in aux:
+            make_cov = diffusion.npr_cov_fn if s.variance == "npr" else diffusion.sn_cov_fn
+            return dict(cov_fn=make_cov(lambda x, tt: jax.nn.softplus(self.net(aux["head"])(x, tt)), self.process,
+                                        s.data_range))
+        if "amed" in aux:
+            return dict(rc_fn=diffusion.make_rc_fn(self.amed_graphdef, aux["amed"]))
+        return {}
+
+
+class _BatchSampler:
+    """draw(params, aux, key, start) -> samples start .. start + B - 1 (B = batch_size x devices of the params'
+    mesh) as a NumPy array on every process; sample j drawn from fold_in(key, j) alone. The jitted sampler
+    is sharded over the batch and compiled once per mesh."""
+
+    def __init__(self, spec, process, param, net, learned, shape, batch_size, t_min):
+        self.spec, self.process, self.param, self.net, self.learned = spec, process, param, net, learned
+        self.shape, self.batch_size, self.t_min = tuple(shape), int(batch_size), t_min
+        self._compiled = {}
+
+    def without_learned(self) -> "_BatchSampler":
+        return _BatchSampler(self.spec.without_learned(), self.process, self.param, self.net, self.learned,
+                             self.shape, self.batch_size, self.t_min)
+
+    def global_batch(self, params) -> int:
+        sharding = _batch_sharding_like(params)
+        return self.batch_size * (sharding.mesh.size if isinstance(sharding, NamedSharding) else 1)
+
+    def compiled_for(self, params, aux):
+        """(the jitted sampler, its aux argument) for the mesh holding `params`. Analytic-DPM's variances are
+        host constants of the sampler: one compilation per set of variances."""
+        aux = dict(aux)
+        variances = aux.pop("variances", None)
+        batch_sharding = _batch_sharding_like(params)
+        key = (getattr(batch_sharding, "mesh", None), tuple(sorted(aux)),
+               None if variances is None else variances.tobytes())
+        if key not in self._compiled:
+            B = self.global_batch(params)
+            spec, process, param, learned, shape, t_min = (self.spec, self.process, self.param, self.learned,
+                                                           self.shape, self.t_min)
+            static = {} if variances is None else dict(variances=variances)
+
+            def draw(params, aux, key, start):
+                keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(start + jnp.arange(B))
+                keys = jax.lax.with_sharding_constraint(keys, batch_sharding)
+                fns = objectives.model_fns(self.net(params), param)
+                return sampling.sample_per_example(fns, process, shape, keys, spec, t_min=t_min,
+                                                   **learned.sampler_kwargs(dict(aux, **static)))
+
+            self._compiled[key] = jax.jit(draw, out_shardings=batch_sharding)
+        return self._compiled[key], aux
+
+    def __call__(self, params, aux, key, start: int) -> np.ndarray:
+        fn, aux = self.compiled_for(params, aux)
+        out = fn(params, aux, key, jnp.int32(start))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(out, tiled=True))
+        return np.asarray(out)
+
+
+class _Scorer:
+    """score(draw_from, n) -> (metrics, the first 64 samples): draws n samples batch by batch (draw_from(start))
+    and scores them against the test split, keeping one batch at a time for images."""
+
+    def __init__(self, config, ev, info, key, train_split, workdir, tag, step):
+        self.config, self.ev, self.info, self.key, self.train_split = config, ev, info, key, train_split
+        self.state_path = paths.join(workdir, "eval", f"inception_{tag}_step{step}.npz")
+
+    def __call__(self, draw_from, n, batch, resumable=True):
+        """draw_from(start) returns the `batch` samples start .. start + batch - 1."""
+        if len(self.info.shape) == 1:
+            x = _draw_all(draw_from, n)
+            return _checked(x, ("sw2", "mmd"), lambda g: self._vector_metrics(g, n)), x[:64]
+        if self.ev.metric == "inception":
+            return self._inception(draw_from, n, batch, resumable)
+        return self._classifier(draw_from, n)
+
+    def _vector_metrics(self, generated, n):
+        real = jnp.asarray(data_lib.load_split(self.config.data, self.config.data.split_test)["x"][:n])
+        g = jnp.asarray(generated)  # equal sizes; MMD is quadratic in memory
+        return {"sw2": float(metrics.sliced_wasserstein(g, real, self.key)), "mmd": float(metrics.mmd(g, real))}
+
+    def _classifier(self, draw_from, n):
+        train, test = self.train_split(), data_lib.load_split(self.config.data, self.config.data.split_test)
+        extract, accuracy = metrics.classifier_features(self.info.name, train["x"], train["label"], test["x"],
+                                                        test["label"], num_steps=self.ev.classifier_steps)
+        stats, shown, finite = None, None, True
+        for images in _batches(draw_from, n):
+            finite &= bool(np.all(np.isfinite(images)))
+            features = np.asarray(extract(np.nan_to_num(images)))
+            stats = stats or metrics.fid.FeatureStats(features.shape[1])
+            stats.update(features)
+            shown = images[:64] if shown is None else shown
+        if not finite:
+            print("warning: some samples are not finite (the sampler diverged)", flush=True)
+            return {"fd": float("inf")}, shown
+        real = metrics.feature_stats(np.asarray(extract(test["x"])))
+        fd = metrics.frechet_distance(stats.mu, stats.sigma, *real)
+        return {"fd": float(fd), "classifier_test_accuracy": float(accuracy)}, shown
+
+    def _inception(self, draw_from, n, batch, resumable):
+        from jaxgen.metrics import fid, inception
+
+        ev = self.ev
+        extractor = fid.InceptionExtractor(inception.load_fid_inception(ev.inception_weights or None))
+        ref = fid.load_stats(ev.fid_stats) if ev.fid_stats else self._test_stats(extractor)
+        state = _read_state(self.state_path) if resumable else None
+        if state is not None and int(state.pop("global_batch")) != batch:  # batch i starts at i * batch
+            print(f"{self.state_path} was written with another global batch size; evaluating from the start",
+                  flush=True)
+            state = None
+        on_batch = (lambda st: _write_state(self.state_path, dict(st, global_batch=batch))) if resumable else None
+        out = fid.sample_and_score(lambda _, i: draw_from(i * batch), n, extractor, key=self.key, ref_stats=ref,
+                                   state=state, on_batch=on_batch, progress=jax.process_index() == 0)
+        shown = draw_from(0)[:64]  # the figure's samples (recomputed: the loop keeps no images)
+        return {"fid": float(out["fid"]), "is": float(out["is_mean"]), "is_std": float(out["is_std"])}, shown
+
+    def _test_stats(self, extractor):
+        from jaxgen.metrics import fid_stats
+
+        stats = fid_stats.split_stats(self.config.data, self.config.data.split_test, extractor)
+        return stats.mu, stats.sigma
+
+
+def _batches(draw_from, n):
+    start = 0
+    while start < n:
+        images = draw_from(start)[:n - start]
+        start += len(images)
+        yield images
+
+
+def _draw_all(draw_from, n):
+    return np.concatenate(list(_batches(draw_from, n)))
+
+
+def _checked(generated, names, score):
+    if np.all(np.isfinite(generated)):
+        return score(generated)
+    bad = np.mean(~np.all(np.isfinite(generated.reshape(len(generated), -1)), 1))
+    print(f"warning: {bad:.1%} of the samples are not finite (the sampler diverged)", flush=True)
+    return dict.fromkeys(names, float("inf"))
+
+
+def _read_state(path):
+    if not paths.exists(path):
+        return None
+    with np.load(io.BytesIO(paths.read_bytes(path))) as f:
+        flat = {k: f[k] for k in f.files}
+    state = {}
+    for k, v in flat.items():  # nested dicts were flattened as "a/b"
+        *parents, leaf = k.split("/")
+        node = state
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    print(f"resuming the evaluation from {path} (batch {int(state['batch'])})", flush=True)
+    return state
+
+
+def _write_state(path, state):
+    if jax.process_index() != 0:
+        return
+    flat = {}
+
+    def walk(prefix, node):
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(f"{prefix}{k}/", v)
+            else:
+                flat[prefix + k] = np.asarray(v)
+
+    walk("", state)
+    buf = io.BytesIO()
+    np.savez(buf, **flat)
+    paths.write_bytes(path, buf.getvalue())
+
+
+def _replicated_like(tree):
+    """A sharding that replicates over the devices holding `tree`'s first leaf."""
+    sharding = jax.tree.leaves(tree)[0].sharding
+    if isinstance(sharding, NamedSharding):
+        return NamedSharding(sharding.mesh, P())
+    return sharding
+
+
+def _batch_sharding_like(tree):
+    """The batch split over every device of the mesh holding `tree`'s first leaf (one device if none)."""
+    sharding = getattr(jax.tree.leaves(tree)[0], "sharding", None)
+    if isinstance(sharding, NamedSharding):
+        return NamedSharding(sharding.mesh, P(sharding.mesh.axis_names))
+    return sharding if sharding is not None else jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
+def load_trained(config, workdir: str):
+    """(ModelFns, process, step) of the model in `workdir`'s latest checkpoint (the EMA weights when the config
+    keeps them), on one device: for analyses outside the training loop."""
+    from jaxgen.train.checkpoint import Checkpointer
+
+    info = dataset_info(config)
+    d = settings(config)
+    process = make_process(d)
+    t = trainable(config, lambda key: make_model(config.model, info, nnx.Rngs(params=key)))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                            jax.eval_shape(t.init, jax.random.key(0)))
+    ckpt = Checkpointer(paths.join(workdir, "checkpoints"), keep=None)  # read only: never prunes
+    try:
+        step = ckpt.latest_step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; train first (python -m jaxgen.run ...)")
+        state = ckpt.restore(step, abstract)
+    finally:
+        ckpt.close()
+    model = t.module(eval_params(state))
+    fns = objectives.model_fns(lambda x, tt: model(x, tt), objectives.Parameterization(process, d.prediction,
+                                                                                      d.sigma_data))
+    return fns, process, step
+
+
+def cached_gamma(path, timesteps, estimate):
+    """Gamma at `timesteps` from the JSON cache at `path`, or estimated and written there."""
+    if paths.exists(path):
+        cached = json.loads(paths.read_text(path))
+        if cached["timesteps"] == [int(t) for t in timesteps]:
+            return np.asarray(cached["gamma"])
+    gamma = estimate()
+    if jax.process_index() == 0:
+        paths.write_text(path, json.dumps({"timesteps": [int(t) for t in timesteps],
+                                           "gamma": [float(g) for g in gamma]}))
+    return gamma
+
+
+def cached_pytree(path, abstract, fit):
+    """The pytree orbax-saved at `path` (restored onto `abstract`'s structure), or fit() saved there."""
+    path = paths.absolute(path)  # orbax wants an absolute local path; a URL stays a URL
+    with ocp.StandardCheckpointer() as checkpointer:
+        if paths.exists(path):
+            return checkpointer.restore(path, abstract)
+        value = fit()
+        checkpointer.save(path, value)
+        checkpointer.wait_until_finished()
+    return value
+

@@ -1,0 +1,168 @@
+"""The DDPM task's sampling families on a trained workdir: every sampling variant re-evaluates the same
+checkpoint (no training); learned parts are fitted once and restored from the cache. The variants run on the
+2-D toy (an MLP compiles in seconds); the image path (UNet heads, Fréchet distance) runs in the digits test."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxgen import config as config_lib
+from jaxgen.config import ConfigError
+from jaxgen.diffusion import sampling
+from jaxgen.tasks import diffusion as task_lib
+from jaxgen.train.checkpoint import Checkpointer
+from jaxgen.tasks import build_and_train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
+TOY = os.path.join(ROOT, "configs", "ddpm_toy2d.py")
+CACHED = {"analytic": "gamma_step{step}_K5_uniform.json", "npr": "npr_head_step{step}", "amed": "amed_step{step}_nfe5"}
+RESTORED = ("analytic", "npr")  # a JSON and an orbax cache
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("toy"))
+    config = config_lib.load_config(TOY + ":smoke")
+    config.eval.untrained_baseline = False
+    build_and_train(config, workdir)
+    return workdir, config.train.num_steps
+
+
+@pytest.mark.parametrize("variant", [v for v in task_lib.SAMPLING_VARIANTS if v != "ddpm"])
+def test_sampling_variant_evaluates_a_trained_workdir(trained, variant):
+    workdir, step = trained
+    config = config_lib.load_config(f"{TOY}:{variant},smoke")  # also samples the untrained baseline
+    out = build_and_train(config, workdir)
+    assert np.isfinite(out["eval/sw2"]) and np.isfinite(out["eval/mmd"])
+    assert Checkpointer(os.path.join(workdir, "checkpoints"), None).latest_step == step  # evaluated, not trained
+    assert os.path.exists(os.path.join(workdir, "figures", f"samples_{sampling.SamplerSpec.from_config(config.eval).tag()}.png"))
+    if variant in CACHED:
+        cache = os.path.join(workdir, "sampling", CACHED[variant].format(step=step))
+        assert os.path.exists(cache)
+    if variant in RESTORED:  # fitted on the first evaluation, restored on the second: the same samples
+        stamp = os.path.getmtime(cache)
+        again = build_and_train(config, workdir)
+        assert again["eval/sw2"] == out["eval/sw2"]
+        assert os.path.getmtime(cache) == stamp
+
+
+def test_sampler_tags_name_the_setting():
+    tag = lambda **kw: sampling.SamplerSpec.from_config(task_lib.eval_config(**kw)).tag()  # noqa: E731
+    assert tag(sampler="ddim", sample_steps=50, eta=0.0, variance="analytic") == "ddim-K50-eta0-analytic"
+    assert tag(sampler="heun", sample_steps=9) == "heun-nfe9"
+    assert tag(sample_steps=0, variance="beta_tilde") == "ddpm-KT-beta_tilde"
+    assert tag(sampler="flow_euler", sample_steps=4) == "flow_euler-K4" and tag(sampler="rk45") == "rk45"
+
+
+def test_ode_grid_counts_evaluations():
+    from jaxgen import diffusion
+
+    schedule = diffusion.make_schedule("linear", 1000)
+    for solver, nfe, intervals, afs in (("euler", 7, 7, False), ("heun", 7, 4, True), ("dpm2", 8, 4, False)):
+        ts, got_afs = sampling.pf_ode_grid(schedule, nfe, solver)
+        assert len(ts) == intervals + 1 and got_afs == afs
+        assert diffusion.ode_nfe(solver, intervals, afs) == nfe
+    sig = np.asarray(schedule.sigma_ratio(np.asarray(ts)))
+    assert np.isclose(sig[0], 80.0, rtol=1e-4) and np.isclose(sig[-1], np.sqrt(1e-4 / (1 - 1e-4)), rtol=1e-3)
+
+
+def test_digits_unet_with_analytic_variance_runs_end_to_end(tmp_path):
+    """configs/quickstart.py:analytic,smoke: Gamma of the UNet, the pixel clip, scored by the Fréchet distance
+    (SN/NPR heads share the code path with the MLP heads of the toy tests, at a much larger compile time)."""
+    config = config_lib.load_config(QUICKSTART + ":analytic,smoke")
+    config.eval.untrained_baseline = False  # the baseline's plain sampler runs in the toy tests
+    out = build_and_train(config, str(tmp_path))
+    assert np.isfinite(out["eval/fd"])
+    assert os.path.exists(tmp_path / "sampling" / "gamma_step4_K5_uniform.json")
+    assert os.path.exists(tmp_path / "figures" / "samples_ddpm-K5-analytic.png")
+
+
+def test_diverged_samples_score_inf_with_a_warning(capsys):
+    from jaxgen import data as data_lib
+
+    config = config_lib.load_config(TOY + ":smoke")
+    info = data_lib.dataset_info(config.data)
+    samples = np.zeros((64, 2), np.float32)
+    samples[:16] = np.nan
+    train = lambda: data_lib.load_split(config.data, config.data.split_train)  # noqa: E731
+    score = task_lib._Scorer(config, config.eval, info, jax.random.key(0), train, "unused", "tag", 0)
+    out, shown = score(lambda start: samples[start:start + 32], 64, 32)
+    assert out["sw2"] == out["mmd"] == float("inf") and len(shown) == 64
+    assert "25.0% of the samples are not finite" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"eval.sampler": "heun", "eval.variance": "analytic"}, "config.eval: variance 'analytic' needs sampler 'ddpm'"),
+    ({"eval.variance": "optimal"}, "config.eval: variance must be one of"),
+    ({"eval.sampler": "dpm3"}, "config.eval: sampler must be one of"),
+    ({"eval.sampler": "amed", "eval.sample_steps": "1"}, "must be >= 2 for 'amed'"),
+    ({"diffusion.process": "rf", "eval.sampler": "ddim"}, "sampler 'ddim' needs the discrete VP"),
+    ({"diffusion.process": "ve", "eval.sampler": "heun", "eval.sample_steps": "0"}, "steps must be >= 1"),
+    ({"diffusion.process": "vp-cosine"}, "config.diffusion.process must be one of"),
+    ({"diffusion.prediction": "score"}, "config.diffusion.prediction must be one of"),
+    ({"diffusion.weighting": "p2"}, "config.diffusion.weighting must be one of"),
+    ({"diffusion.time_sampling": "beta"}, "config.diffusion.time_sampling must be one of"),
+    ({"eval.metric": "inception"}, "config.eval.metric='inception' needs images"),
+    ({"eval.batch_size": "0"}, "config.eval.batch_size must be >= 1"),
+])
+def test_bad_sampling_settings_are_named(overrides, match):
+    config = config_lib.load_config(TOY + ":smoke")
+    config_lib.apply_overrides(config, list(overrides.items()))
+    with pytest.raises(ConfigError, match=match):
+        task_lib.build(config)
+
+
+@pytest.mark.parametrize("overrides", [
+    # rectified flow: the velocity, logit-normal times, Euler on the learned field
+    {"diffusion.process": "rf", "diffusion.prediction": "velocity", "diffusion.time_sampling": "logit_normal",
+     "eval.sampler": "flow_euler", "eval.sample_steps": "4"},
+    # EDM: preconditioned F, lognormal sigmas, EDM's weighting, Heun on the PF-ODE
+    {"diffusion.process": "edm", "diffusion.prediction": "edm", "diffusion.time_sampling": "lognormal",
+     "diffusion.weighting": "edm", "eval.sampler": "heun", "eval.sample_steps": "5"},
+    # continuous VP with v-prediction and Min-SNR weighting, adaptive RK45 on the velocity
+    {"diffusion.process": "vp", "diffusion.prediction": "v", "diffusion.weighting": "min_snr", "eval.sampler": "rk45"},
+])
+def test_any_process_and_prediction_trains_and_samples(tmp_path, overrides):
+    config = config_lib.load_config(TOY + ":smoke")
+    config_lib.apply_overrides(config, list(overrides.items()) + [("eval.untrained_baseline", "False")])
+    out = build_and_train(config, str(tmp_path))
+    assert np.isfinite(out["eval/sw2"]) and np.isfinite(out["eval/mmd"])
+
+
+def _toy_task_and_state(**overrides):
+    config = config_lib.load_config(TOY + ":smoke")
+    config_lib.apply_overrides(config, list(overrides.items()))
+    task = task_lib.build(config)
+    return config, task, task.init(jax.random.key(0))
+
+
+def test_evaluation_is_the_same_on_1_and_8_devices(tmp_path):
+    """Sample j depends only on (key, j): 8 samples per device on 1 or 8 devices give the same samples, so the
+    same metrics (up to float reassociation in the sharded network)."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    _, task, state = _toy_task_and_state(**{"eval.num_samples": "64", "eval.batch_size": "8",
+                                           "eval.untrained_baseline": "False"})
+    outs = []
+    for n in (1, 8):
+        mesh = Mesh(np.array(jax.devices()[:n]), ("data",))
+        placed = jax.device_put(state, NamedSharding(mesh, P()))
+        outs.append(task.evaluate(placed, jax.random.key(1), str(tmp_path / str(n))))
+    np.testing.assert_allclose(outs[0]["sw2"], outs[1]["sw2"], rtol=1e-4)
+    np.testing.assert_allclose(outs[0]["mmd"], outs[1]["mmd"], rtol=1e-4, atol=1e-7)
+
+
+def test_sampling_peak_memory_does_not_grow_with_num_samples():
+    """The compiled evaluation step draws one batch: XLA's memory analysis is the same for 10k and 50k samples."""
+    sizes = []
+    for n in ("10000", "50000"):
+        _, task, _ = _toy_task_and_state(**{"eval.num_samples": n, "eval.batch_size": "16"})
+        state = jax.eval_shape(task.init, jax.random.key(0))
+        fn, args, _ = task.eval_step(state)
+        m = fn.lower(*args).compile().memory_analysis()
+        sizes.append((m.temp_size_in_bytes, m.argument_size_in_bytes, m.output_size_in_bytes))
+    assert sizes[0] == sizes[1]
+    assert sizes[0][2] == 16 * 2 * 4  # one batch of 16 two-dimensional float32 samples
