@@ -26,13 +26,13 @@ Target slice: v5e-8 (8 chips, one host). Check that it compiles and fits without
 
 import ml_collections
 
-from jaxgen.tasks.autoencoder import default_config, parse_variant
 from jaxgen.config import smoke_train
+from jaxgen.task_configs import autoencoder_config, quantizer_variant
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    quantizer, smoke = parse_variant(arg)
-    c = default_config("cifar10", quantizer)
+    quantizer, smoke = quantizer_variant(arg)
+    c = autoencoder_config("cifar10", quantizer)
     c.model.channels = (64, 128, 256)
     c.model.num_res_blocks = 2
     c.quantizer.levels = (7, 5, 5, 5, 5)

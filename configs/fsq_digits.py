@@ -30,13 +30,13 @@ this size; without them plain VQ collapses as the codebook grows (experiments/re
 
 import ml_collections
 
-from jaxgen.tasks.autoencoder import default_config, parse_variant
 from jaxgen.config import smoke_train
+from jaxgen.task_configs import autoencoder_config, quantizer_variant
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    quantizer, smoke = parse_variant(arg)
-    c = default_config("digits", quantizer)
+    quantizer, smoke = quantizer_variant(arg)
+    c = autoencoder_config("digits", quantizer)
     c.model.channels = (32, 64)
     c.quantizer.levels = (8, 5, 5, 5)
     c.quantizer.num_codes = 1000

@@ -24,13 +24,13 @@ Target slice: v5e-8 (8 chips, one host). Check that it compiles and fits without
 
 import ml_collections
 
-from jaxgen.tasks.autoencoder import default_config, parse_variant
 from jaxgen.config import smoke_train
+from jaxgen.task_configs import autoencoder_config, quantizer_variant
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    quantizer, smoke = parse_variant(arg)
-    c = default_config("mnist", quantizer)
+    quantizer, smoke = quantizer_variant(arg)
+    c = autoencoder_config("mnist", quantizer)
     c.model.channels = (32, 64, 128)
     c.model.num_res_blocks = 1
     c.quantizer.levels = (8, 5, 5, 5)

@@ -33,14 +33,13 @@ default, `selective`) and `smoke` (a few steps of a tiny network, run by the tes
 
 import ml_collections
 
-from jaxgen.tasks.seq_classify import SSMS, parse_variant
-from jaxgen.tasks.seq_copy import MODES, default_config
-from jaxgen.config import smoke_train
+from jaxgen.config import parse_variant, smoke_train
+from jaxgen.task_configs import COPY_MODES, SSMS, seq_copy_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    v = parse_variant(arg, groups={"ssm": SSMS, "mode": MODES}, defaults={"ssm": "s4d", "mode": "copy"})
-    c = default_config(v["mode"], v["ssm"])
+    v = parse_variant(arg, groups={"ssm": SSMS, "mode": COPY_MODES}, defaults={"ssm": "s4d", "mode": "copy"})
+    c = seq_copy_config(v["mode"], v["ssm"])
     c.copy.num_tokens = 8
     c.copy.vocab_size = 8
     c.copy.lag = 48

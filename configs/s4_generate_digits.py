@@ -27,14 +27,13 @@ of a tiny network; the tests run it end to end), e.g. `:lru,smoke`.
 
 import ml_collections
 
-from jaxgen.tasks.seq_classify import parse_variant
-from jaxgen.tasks.seq_generate import default_config
 from jaxgen.config import smoke_train
+from jaxgen.task_configs import seq_generate_config, ssm_variant
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    v = parse_variant(arg)
-    c = default_config("digits", v["ssm"])
+    v = ssm_variant(arg)
+    c = seq_generate_config("digits", v["ssm"])
     c.model.d_model = 64
     c.model.n_layers = 4
     c.model.N = 64

@@ -29,13 +29,13 @@ Target slice: v5e-8 (8 chips, one host). Check that it compiles and fits without
 
 import ml_collections
 
-from jaxgen.tasks.seq_classify import default_config, parse_variant
 from jaxgen.config import smoke_train
+from jaxgen.task_configs import seq_classify_config, ssm_variant
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    v = parse_variant(arg)
-    c = default_config("cifar10", v["ssm"])
+    v = ssm_variant(arg)
+    c = seq_classify_config("cifar10", v["ssm"])
     c.data.random_flip = False
     c.model.d_model = 512
     c.model.n_layers = 6

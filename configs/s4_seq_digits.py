@@ -26,13 +26,13 @@ HiPPO-LegS, Cauchy kernel) or `lru` (Linear Recurrent Unit, ring init r in [0.5,
 
 import ml_collections
 
-from jaxgen.tasks.seq_classify import default_config, parse_variant
 from jaxgen.config import smoke_train
+from jaxgen.task_configs import seq_classify_config, ssm_variant
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    v = parse_variant(arg)
-    c = default_config("digits", v["ssm"])
+    v = ssm_variant(arg)
+    c = seq_classify_config("digits", v["ssm"])
     c.model.d_model = 64
     c.model.n_layers = 4
     c.model.N = 64

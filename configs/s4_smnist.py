@@ -28,14 +28,14 @@ measurement); the evaluation forward (eval.batch_size 1000, replicated on every 
 
 import ml_collections
 
-from jaxgen.tasks.seq_classify import default_config, parse_variant
 from jaxgen.config import smoke_train
+from jaxgen.task_configs import seq_classify_config, ssm_variant
 
 
 def sequential_image_config(dataset: str, arg: str | None, *, permute: bool = False) -> ml_collections.ConfigDict:
     """The sMNIST recipe, shared with configs/s4_psmnist.py (which sets permute=True)."""
-    v = parse_variant(arg)
-    c = default_config(dataset, v["ssm"])
+    v = ssm_variant(arg)
+    c = seq_classify_config(dataset, v["ssm"])
     c.sequence.permute = permute
     c.sequence.permutation_seed = 0
     c.model.d_model = 256

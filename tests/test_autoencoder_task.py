@@ -16,7 +16,7 @@ from jaxgen import config as config_lib
 from jaxgen import data as data_lib
 from jaxgen import tasks
 from jaxgen.config import ConfigError
-from jaxgen.tasks.autoencoder import parse_variant
+from jaxgen.task_configs import quantizer_variant
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -156,13 +156,13 @@ def test_evaluate_matches_numpy_on_the_held_out_split_and_writes_figures(trained
 
 
 def test_variants_and_bad_values():
-    assert parse_variant(None) == ("fsq", False)
-    assert parse_variant("vq_ema,smoke") == ("vq_ema", True)
-    assert parse_variant("smoke,vq") == ("vq", True)
+    assert quantizer_variant(None) == ("fsq", False)
+    assert quantizer_variant("vq_ema,smoke") == ("vq_ema", True)
+    assert quantizer_variant("smoke,vq") == ("vq", True)
     for bad, match in (("vqq", "unknown variant 'vqq'"), ("vq,fsq", "more than one quantizer"),
                        ("smoke,smoke", "given twice")):
         with pytest.raises(ValueError, match=match):
-            parse_variant(bad)
+            quantizer_variant(bad)
     with pytest.raises(ConfigError, match="unknown variant"):
         config_lib.load_config(os.path.join(ROOT, "configs/fsq_digits.py:rvq"))
     for name in ("fsq_digits", "fsq_mnist", "fsq_cifar10"):

@@ -21,7 +21,8 @@ from jaxgen import config as config_lib
 from jaxgen import data as data_lib
 from jaxgen import tasks
 from jaxgen.config import ConfigError
-from jaxgen.tasks import seq_classify, seq_copy, seq_generate
+from jaxgen import task_configs
+from jaxgen.tasks import _sequence, seq_copy, seq_generate
 from jaxgen.tasks import build_and_train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,18 +39,18 @@ def _config(spec, **overrides):
 
 
 def test_parse_variant():
-    assert seq_classify.parse_variant(None) == {"ssm": "s4d", "smoke": False}
-    assert seq_classify.parse_variant("lru") == {"ssm": "lru", "smoke": False}
-    assert seq_classify.parse_variant("smoke") == {"ssm": "s4d", "smoke": True}
-    assert seq_classify.parse_variant("lru,smoke") == seq_classify.parse_variant(" smoke , lru") == \
-        {"ssm": "lru", "smoke": True}
-    groups = {"ssm": seq_classify.SSMS, "mode": seq_copy.MODES}
-    assert seq_classify.parse_variant("selective,s4,smoke", groups, {"ssm": "s4d", "mode": "copy"}) == \
+    ssm_variant = task_configs.ssm_variant
+    assert ssm_variant(None) == {"ssm": "s4d", "smoke": False}
+    assert ssm_variant("lru") == {"ssm": "lru", "smoke": False}
+    assert ssm_variant("smoke") == {"ssm": "s4d", "smoke": True}
+    assert ssm_variant("lru,smoke") == ssm_variant(" smoke , lru") == {"ssm": "lru", "smoke": True}
+    groups = {"ssm": task_configs.SSMS, "mode": task_configs.COPY_MODES}
+    assert config_lib.parse_variant("selective,s4,smoke", groups, {"ssm": "s4d", "mode": "copy"}) == \
         {"ssm": "s4", "mode": "selective", "smoke": True}
     for bad, match in (("gru", "unknown variant 'gru'"), ("lru,s4", "more than one ssm"),
                        ("smoke,smoke", "given twice")):
         with pytest.raises(ValueError, match=match):
-            seq_classify.parse_variant(bad)
+            ssm_variant(bad)
 
 
 def test_every_variant_loads_and_names_its_ssm():
@@ -88,14 +89,14 @@ def test_bad_task_values_raise_config_errors():
 def test_image_to_sequence_is_row_major_and_permutes_positions():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 3, 5, 4)).astype(np.float32)
-    u = np.asarray(seq_classify.image_to_sequence(jnp.asarray(x)))
+    u = np.asarray(_sequence.image_to_sequence(jnp.asarray(x)))
     for b in range(2):
         for r in range(3):
             for c in range(5):
                 np.testing.assert_array_equal(u[b, r * 5 + c], x[b, r, c])
-    perm = seq_classify.fixed_permutation(15, seed=3)
+    perm = _sequence.fixed_permutation(15, seed=3)
     assert sorted(perm.tolist()) == list(range(15)) and not np.array_equal(perm, np.arange(15))
-    up = np.asarray(seq_classify.image_to_sequence(jnp.asarray(x), jnp.asarray(perm)))
+    up = np.asarray(_sequence.image_to_sequence(jnp.asarray(x), jnp.asarray(perm)))
     for l in range(15):
         r, c = divmod(int(perm[l]), 5)
         np.testing.assert_array_equal(up[:, l], x[:, r, c])
@@ -117,7 +118,7 @@ def test_digit_tokens_are_the_raw_integer_pixels():
     np.testing.assert_array_equal(inputs[:, 1:], tokens[:3, :-1])
 
 
-@pytest.mark.parametrize("mode", seq_copy.MODES)
+@pytest.mark.parametrize("mode", task_configs.COPY_MODES)
 def test_copy_batch_layout(mode):
     K, M, lag, B = 5, 6, 9, 200
     inputs, targets = (np.asarray(a) for a in seq_copy.copy_batch(jax.random.key(0), B, mode=mode, num_tokens=K,
@@ -252,7 +253,7 @@ def test_recurrent_sampling_draws_from_the_models_conditionals():
 
 def _direct_nll_and_accuracy(c, state, seq_BLC, labels):
     """The classifier applied to whole sequences at once, then NumPy log-softmax and accuracy."""
-    model = nnx.eval_shape(lambda: seq_classify.make_model(c.model, d_input=1, d_output=10, l_max=64,
+    model = nnx.eval_shape(lambda: _sequence.make_model(c.model, d_input=1, d_output=10, l_max=64,
                                                            pooling="mean", tokens=False,
                                                            rngs=nnx.Rngs(params=jax.random.key(0))))
     graphdef, _ = nnx.split(model, nnx.Param)

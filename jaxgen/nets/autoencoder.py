@@ -34,8 +34,7 @@ from flax import nnx
 
 from jaxgen.quant.fsq import FSQ
 from jaxgen.quant.vq import VectorQuantizer, code_counts, l2_normalize, perplexity_from_counts, usage_from_counts
-
-QUANTIZERS = ("vq", "vq_ema", "fsq")
+from jaxgen.task_configs import QUANTIZERS  # noqa: F401 - the names config.quantizer.name accepts
 
 Array = jax.Array
 

@@ -8,7 +8,7 @@ The network is `jaxgen.nets.autoencoder.QuantizedAutoencoder`. Its VQ statistics
 forward pass's encoder outputs; every `quantizer.restart_every` steps the codes whose EMA count is below
 `quantizer.dead_threshold` are restarted from the batch's encoder outputs.
 
-Config keys beyond the shared ones:
+Config keys beyond the shared ones (defaults: `jaxgen.task_configs.autoencoder_config`):
   model: channels (one stage per entry, len - 1 stride-2 downsamplings), num_res_blocks, dropout
   quantizer: name ('fsq' | 'vq' | 'vq_ema'), levels (FSQ), num_codes, latent_dim, beta, decay, eps, cosine
     (VQ), dead_threshold (EMA count below which a code is dead), restart_every (steps; 0: never),
@@ -37,13 +37,13 @@ from flax import nnx
 
 from jaxgen import data as data_lib
 from jaxgen import paths, viz
-from jaxgen import config as config_lib
 from jaxgen.config import ConfigError
 from jaxgen.metrics.codebook import codebook_usage, perplexity
-from jaxgen.nets.autoencoder import QUANTIZERS, QuantizedAutoencoder, update_quantizer_state
+from jaxgen.nets.autoencoder import QuantizedAutoencoder, update_quantizer_state
 from jaxgen.optim import make_optimizer
-from jaxgen.tasks import Task
-from jaxgen.train.state import (check_supported, create_train_state, make_train_step, optimizer_updates,
+from jaxgen.task_configs import QUANTIZERS
+from jaxgen.tasks import Task, dataset_info
+from jaxgen.train.state import (check_supported, create_train_state, eval_params, make_train_step, optimizer_updates,
                                  with_grad_accum)
 
 INITS = ("kmeans++", "batch", "random")
@@ -104,10 +104,7 @@ def code_statistics(indices: np.ndarray, codebook_size: int) -> dict[str, float]
 
 def build(config) -> Task:
     check_supported(config, "autoencoder", low_precision=True)
-    try:
-        info = data_lib.dataset_info(config.data)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    info = dataset_info(config)
     _validate(config, info)
     q = config.quantizer
     tx_builder, lr_schedule = make_optimizer(config.optimizer, optimizer_updates(config.train))
@@ -166,7 +163,7 @@ def build(config) -> Task:
 
     def evaluate(state, key, workdir):
         del key  # deterministic: no dropout at evaluation
-        params = state.ema_params if state.ema_params is not None else state.params
+        params = eval_params(state)
         fn = lambda x: forward(params, state.extra, x)  # noqa: E731
         test = data_lib.load_split(config.data, config.data.split_test)["x"]
         out = _batched(fn, test, config.eval.batch_size)
@@ -189,7 +186,7 @@ def build(config) -> Task:
 
     def eval_step(state):
         """One batch of evaluate()'s forward pass."""
-        params = state.ema_params if state.ema_params is not None else state.params
+        params = eval_params(state)
         x = jax.ShapeDtypeStruct((config.eval.batch_size,) + tuple(info.shape), jnp.float32)
         return forward, (params, state.extra, x), f"forward pass, batch {config.eval.batch_size}"
 
@@ -248,26 +245,3 @@ def save_code_usage_figure(path: str, counts: np.ndarray, title: str = "") -> No
     fig.tight_layout()
     paths.save_figure(fig, path, dpi=100)
     plt.close(fig)
-
-
-def parse_variant(arg: str | None) -> tuple[str, bool]:
-    """'vq_ema,smoke' -> ('vq_ema', True): an optional quantizer name and an optional 'smoke', comma-separated."""
-    v = config_lib.parse_variant(arg, {"quantizer": QUANTIZERS}, {"quantizer": "fsq"})
-    return v["quantizer"], v["smoke"]
-
-
-def default_config(dataset: str, quantizer: str = "fsq"):
-    """The shared keys plus this task's model / quantizer / eval blocks, with defaults (digits-sized)."""
-    import ml_collections
-
-    from jaxgen.config import base_config
-
-    c = base_config()
-    c.task = "autoencoder"
-    c.data = data_lib.default_data_config(dataset)
-    c.model = ml_collections.ConfigDict(dict(channels=(32, 64), num_res_blocks=1, dropout=0.0))
-    c.quantizer = ml_collections.ConfigDict(dict(
-        name=quantizer, levels=(8, 5, 5, 5), num_codes=1000, latent_dim=8, beta=0.25, decay=0.99, eps=1e-5,
-        cosine=False, dead_threshold=0.0, restart_every=0, init="kmeans++", init_examples=256))
-    c.eval = ml_collections.ConfigDict(dict(batch_size=500, num_images=32, usage_on_train=False))
-    return c

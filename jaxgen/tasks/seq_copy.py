@@ -18,7 +18,8 @@ that size and is otherwise unused. Generated inside the step, the batch is compu
 `eval.test_seed`, the same at every evaluation.
 
 Config keys beyond the shared ones:
-  model: see `jaxgen.tasks.seq_classify.model_config` (pooling is ignored: one output per position)
+  (defaults: `jaxgen.task_configs.seq_copy_config`)
+  model: see `jaxgen.task_configs.sequence_model_config` (pooling is ignored: one output per position)
   copy: mode ('copy' | 'selective'), num_tokens (K), vocab_size (M), lag
   eval: num_examples, batch_size, test_seed
 
@@ -32,18 +33,14 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from flax import nnx
 
 from jaxgen.config import ConfigError
-from jaxgen.optim import make_optimizer
+from jaxgen.task_configs import COPY_MODES
 from jaxgen.tasks import Task
-from jaxgen.tasks.seq_classify import eval_params, make_model, model_config, ssm_param_groups
-from jaxgen.train.state import (check_supported, create_train_state, make_train_step, optimizer_updates,
-                                 with_grad_accum)
-
-MODES = ("copy", "selective")
+from jaxgen.tasks._sequence import make_model
+from jaxgen.train.state import check_supported, eval_params, trainable
 
 
 def copy_batch(key, batch_size: int, *, mode: str, num_tokens: int, vocab_size: int, lag: int):
@@ -52,8 +49,8 @@ def copy_batch(key, batch_size: int, *, mode: str, num_tokens: int, vocab_size: 
     inputs = [memory region (K + lag) | marker x K]; symbols s ~ U{1..M}; targets = s - 1.
     copy: symbols at positions 0..K-1; selective: at K distinct random positions, in increasing order.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode not in COPY_MODES:
+        raise ValueError(f"mode must be one of {COPY_MODES}, got {mode!r}")
     K, M = num_tokens, vocab_size
     if K < 1 or M < 2 or lag < 0:
         raise ValueError(f"need num_tokens >= 1, vocab_size >= 2, lag >= 0; got {K}, {M}, {lag}")
@@ -75,25 +72,10 @@ def recall_logits(model, inputs_BL, num_tokens: int, key=None):
     return model(inputs_BL, key=key)[:, -num_tokens:]
 
 
-def default_config(mode: str = "copy", ssm: str = "s4d") -> ml_collections.ConfigDict:
-    """Shared keys plus this task's model / copy / eval blocks."""
-    from jaxgen import data as data_lib
-    from jaxgen.config import base_config
-
-    c = base_config()
-    c.task = "seq_copy"
-    c.data = data_lib.default_data_config("digits")  # only sets the batch size; the examples are synthetic
-    c.model = model_config(ssm, dropout=0.0)
-    c.copy = ml_collections.ConfigDict(dict(mode=mode, num_tokens=8, vocab_size=8, lag=48))
-    c.eval = ml_collections.ConfigDict(dict(num_examples=1024, batch_size=256, test_seed=12345))
-    c.optimizer.param_groups = ssm_param_groups(0.1)
-    return c
-
-
 def _validate(config) -> None:
     cp, e = config.copy, config.eval
-    if cp.mode not in MODES:
-        raise ConfigError(f"config.copy.mode must be one of {MODES}, got '{cp.mode}'")
+    if cp.mode not in COPY_MODES:
+        raise ConfigError(f"config.copy.mode must be one of {COPY_MODES}, got '{cp.mode}'")
     if cp.num_tokens < 1:
         raise ConfigError(f"config.copy.num_tokens must be >= 1, got {cp.num_tokens}")
     if cp.vocab_size < 2:
@@ -112,22 +94,16 @@ def build(config) -> Task:
     K, M = cp.num_tokens, cp.vocab_size
     L = 2 * K + cp.lag
     make = dict(mode=cp.mode, num_tokens=K, vocab_size=M, lag=cp.lag)
-    tx_builder, lr_schedule = make_optimizer(config.optimizer, optimizer_updates(config.train))
     use_dropout = config.model.dropout > 0
 
     def new_model(key):
         return make_model(config.model, d_input=M + 2, d_output=M, l_max=L, pooling=None, tokens=True,
                           rngs=nnx.Rngs(params=key))
 
-    graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: new_model(jax.random.key(0))), nnx.Param)
-    tx = with_grad_accum(tx_builder(abstract_params), config.train)
-
-    def init(key):
-        _, params = nnx.split(new_model(key), nnx.Param)
-        return create_train_state(params, tx, config.ema_decay)
+    t = trainable(config, new_model)
 
     def scores(params, inputs, targets, key=None):
-        logits = recall_logits(nnx.merge(graphdef, params), inputs, K, key)
+        logits = recall_logits(t.module(params), inputs, K, key)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # (B, K)
         correct = jnp.argmax(logits, -1) == targets
         return ce, correct
@@ -137,8 +113,6 @@ def build(config) -> Task:
         inputs, targets = copy_batch(k_data, batch["x"].shape[0], **make)
         ce, correct = scores(params, inputs, targets, k_drop if use_dropout else None)
         return jnp.mean(ce), ({"accuracy": jnp.mean(correct)}, extra)
-
-    train_step = make_train_step(loss_fn, tx, lr_schedule, config.ema_decay)
 
     n_batches = -(-config.eval.num_examples // config.eval.batch_size)
 
@@ -164,4 +138,4 @@ def build(config) -> Task:
         """evaluate()'s one jitted call: the sums over the whole held-out set."""
         return test_sums, (eval_params(state),), f"held-out sums, {n_batches} batches of {config.eval.batch_size}"
 
-    return Task(init=init, train_step=train_step, evaluate=evaluate, eval_step=eval_step)
+    return Task(init=t.init, train_step=t.train_step(loss_fn), evaluate=evaluate, eval_step=eval_step)

@@ -12,7 +12,8 @@ the evaluation computes the test likelihood both ways: they compute the same fun
 (`nll_gap` = |difference| of the per-pixel means, `nll_gap_max` = the largest per-sequence difference).
 
 Config keys beyond the shared ones:
-  model: see `jaxgen.tasks.seq_classify.model_config` (pooling is ignored: one output per position)
+  (defaults: `jaxgen.task_configs.seq_generate_config`)
+  model: see `jaxgen.task_configs.sequence_model_config` (pooling is ignored: one output per position)
   sequence: levels (quantisation levels, >= 2), class_conditional (bool; the BOS token carries the label)
   eval: batch_size, num_samples, temperature (> 0; logits / temperature), score_samples (bool: Fréchet
     distance `fd` of the samples in the features of a small classifier trained on the data, and for
@@ -34,7 +35,6 @@ import os
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import nnx
@@ -42,14 +42,9 @@ from flax import nnx
 from jaxgen import data as data_lib
 from jaxgen import viz
 from jaxgen.config import ConfigError
-from jaxgen.optim import make_optimizer
-from jaxgen.tasks import Task
-from jaxgen.tasks.seq_classify import (batched_sums, data_info, eval_params, make_model, model_config,
-                                       ssm_param_groups)
-from jaxgen.train.state import (check_supported, create_train_state, make_train_step, optimizer_updates,
-                                 with_grad_accum)
-
-EVAL_DEFAULTS = dict(batch_size=500, num_samples=100, temperature=1.0, score_samples=True)
+from jaxgen.tasks import Task, dataset_info
+from jaxgen.tasks._sequence import batched_sums, make_model
+from jaxgen.train.state import check_supported, eval_params, trainable
 
 
 def quantize(x, levels: int):
@@ -116,21 +111,6 @@ def sample_recurrent(model, bos_B, length: int, key, temperature: float = 1.0):
     return jnp.swapaxes(toks_LB, 0, 1)
 
 
-def default_config(dataset: str = "digits", ssm: str = "s4d") -> ml_collections.ConfigDict:
-    """Shared keys plus this task's model / sequence / eval blocks (digits: 17 levels, class-conditional)."""
-    from jaxgen.config import base_config
-
-    c = base_config()
-    c.task = "seq_generate"
-    c.data = data_lib.default_data_config(dataset)
-    c.data.random_flip = False
-    c.model = model_config(ssm, dropout=0.0)
-    c.sequence = ml_collections.ConfigDict(dict(levels=17, class_conditional=True))
-    c.eval = ml_collections.ConfigDict(EVAL_DEFAULTS)
-    c.optimizer.param_groups = ssm_param_groups(0.1)
-    return c
-
-
 def _validate(config, info) -> None:
     s, e = config.sequence, config.eval
     if len(info.shape) != 3:
@@ -162,36 +142,27 @@ def bos_tokens(config, labels_B):
 
 
 def build(config) -> Task:
-    info = data_info(config)
+    info = dataset_info(config)
     _validate(config, info)
     check_supported(config, "sequence model")
     levels, L = config.sequence.levels, math.prod(info.shape)
-    tx_builder, lr_schedule = make_optimizer(config.optimizer, optimizer_updates(config.train))
     use_dropout = config.model.dropout > 0
-    graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: new_model(config, info, jax.random.key(0))),
-                                          nnx.Param)
-    tx = with_grad_accum(tx_builder(abstract_params), config.train)
+    t = trainable(config, lambda key: new_model(config, info, key))
 
     def sequences(batch):
         tokens = image_tokens(batch["x"], levels)
         labels = batch["label"] if config.sequence.class_conditional else jnp.zeros(tokens.shape[:1], jnp.int32)
         return shift_right(tokens, bos_tokens(config, labels)), tokens
 
-    def init(key):
-        _, params = nnx.split(new_model(config, info, key), nnx.Param)
-        return create_train_state(params, tx, config.ema_decay)
-
     def loss_fn(params, extra, batch, key):
         inputs, targets = sequences(batch)
-        logits = nnx.merge(graphdef, params)(inputs, key=key if use_dropout else None)
+        logits = t.module(params)(inputs, key=key if use_dropout else None)
         loss = jnp.mean(token_nll(logits, targets))
         return loss, ({"bits_per_pixel": loss / math.log(2.0)}, extra)
 
-    train_step = make_train_step(loss_fn, tx, lr_schedule, config.ema_decay)
-
     @jax.jit
     def eval_sums(params, batch, mask):
-        model = nnx.merge(graphdef, params)
+        model = t.module(params)
         inputs, targets = sequences(batch)
         conv = jnp.mean(token_nll(model(inputs), targets), axis=1)  # per sequence, nats / pixel
         rec = jnp.mean(token_nll(recurrent_logits(model, inputs), targets), axis=1)
@@ -203,7 +174,7 @@ def build(config) -> Task:
 
     @jax.jit
     def draw(params, key):
-        model = nnx.merge(graphdef, params)
+        model = t.module(params)
         toks = sample_recurrent(model, bos_tokens(config, sample_labels), L, key, config.eval.temperature)
         return dequantize(toks, levels).reshape((n_samples,) + tuple(info.shape))
 
@@ -237,7 +208,7 @@ def build(config) -> Task:
         return draw, (eval_params(state), jax.eval_shape(lambda: jax.random.key(0))), \
             f"recurrent sampler, {n_samples} samples of {L} tokens"
 
-    return Task(init=init, train_step=train_step, evaluate=evaluate, eval_step=eval_step)
+    return Task(init=t.init, train_step=t.train_step(loss_fn), evaluate=evaluate, eval_step=eval_step)
 
 
 def _score(config, info, test, generated, labels) -> dict:

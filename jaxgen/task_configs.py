@@ -1,0 +1,133 @@
+"""Default configs of the sequence and autoencoder tasks, for config files: plain ConfigDicts, importable
+without the task modules (no network or flax import; the data defaults come from `jaxgen.data`).
+
+    seq_classify_config(dataset, ssm)   task 'seq_classify' (jaxgen/tasks/seq_classify.py)
+    seq_generate_config(dataset, ssm)   task 'seq_generate'
+    seq_copy_config(mode, ssm)          task 'seq_copy'
+    autoencoder_config(dataset, quantizer)   task 'autoencoder'
+
+and the pieces they share: `sequence_model_config` (config.model of a sequence task), `default_ssm_kwargs`,
+`ssm_param_groups`, and the variant parsers of the config files (`ssm_variant`, `quantizer_variant`).
+Each task documents its keys in its module's docstring.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from jaxgen.config import base_config, parse_variant
+
+SSMS = ("s4d", "s4", "lru")
+POOLINGS = ("mean", "last")
+COPY_MODES = ("copy", "selective")
+QUANTIZERS = ("vq", "vq_ema", "fsq")
+
+
+def _data_config(dataset: str) -> ml_collections.ConfigDict:
+    from jaxgen.data import default_data_config
+
+    return default_data_config(dataset)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sequence tasks
+
+
+def ssm_variant(arg: str | None) -> dict:
+    """`jaxgen.config.parse_variant` with the SSM group: 'lru,smoke' -> {'ssm': 'lru', 'smoke': True}."""
+    return parse_variant(arg, {"ssm": SSMS}, {"ssm": "s4d"})
+
+
+def default_ssm_kwargs(ssm: str) -> ml_collections.ConfigDict:
+    """Keyword arguments of the SSM layer, with the usual defaults for each SSM.
+
+    s4d: S4D-Lin init, ZOH, step log-uniform in [1e-3, 1e-1] (Gu et al. 2022);
+    s4: HiPPO-LegS, same step range; lru: ring r in [0.5, 0.99], phase in [0, pi] (Orvieto et al. 2023
+    use r_min 0.9 and a smaller max phase for the long LRA tasks; short sequences want faster decay).
+    """
+    if ssm == "s4d":
+        return ml_collections.ConfigDict(dict(init="lin", method="zoh", step_min=1e-3, step_max=1e-1))
+    if ssm == "s4":
+        return ml_collections.ConfigDict(dict(measure="legs", step_min=1e-3, step_max=1e-1))
+    if ssm == "lru":
+        return ml_collections.ConfigDict(dict(r_min=0.5, r_max=0.99, max_phase=math.pi))
+    raise ValueError(f"ssm must be one of {SSMS}, got {ssm!r}")
+
+
+def sequence_model_config(ssm: str = "s4d", **overrides) -> ml_collections.ConfigDict:
+    """`config.model` of a sequence task: ssm, d_model, n_layers, N, dropout, pooling, ssm_kwargs."""
+    c = ml_collections.ConfigDict(dict(ssm=ssm, d_model=64, n_layers=4, N=64, dropout=0.1, pooling="mean",
+                                       ssm_kwargs=default_ssm_kwargs(ssm)))
+    for k, v in overrides.items():
+        if k not in c:
+            raise ValueError(f"unknown model key '{k}'; accepted: {sorted(c.keys())}")
+        c[k] = v
+    return c
+
+
+def ssm_param_groups(lr_mult: float = 0.1) -> tuple:
+    """`config.optimizer.param_groups` for SSM models: A, B, step at lr_mult x the learning rate, no weight decay."""
+    from jaxgen.ssm import SSM_PARAM_PATTERN
+
+    return ((SSM_PARAM_PATTERN, lr_mult, 0.0),)
+
+
+def _sequence_config(task: str, data: str, model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    c = base_config()
+    c.task = task
+    c.data = _data_config(data)
+    c.model = model
+    c.optimizer.param_groups = ssm_param_groups(0.1)
+    return c
+
+
+def seq_classify_config(dataset: str = "digits", ssm: str = "s4d") -> ml_collections.ConfigDict:
+    """Shared keys plus seq_classify's model / sequence / eval blocks (digits-sized defaults)."""
+    c = _sequence_config("seq_classify", dataset, sequence_model_config(ssm))
+    c.data.random_flip = False  # a flipped row is another sequence; S4's sequential benchmarks use no augmentation
+    c.sequence = ml_collections.ConfigDict(dict(permute=False, permutation_seed=0))
+    c.eval = ml_collections.ConfigDict(dict(batch_size=500))
+    return c
+
+
+def seq_generate_config(dataset: str = "digits", ssm: str = "s4d") -> ml_collections.ConfigDict:
+    """Shared keys plus seq_generate's model / sequence / eval blocks (digits: 17 levels, class-conditional)."""
+    c = _sequence_config("seq_generate", dataset, sequence_model_config(ssm, dropout=0.0))
+    c.data.random_flip = False
+    c.sequence = ml_collections.ConfigDict(dict(levels=17, class_conditional=True))
+    c.eval = ml_collections.ConfigDict(dict(batch_size=500, num_samples=100, temperature=1.0, score_samples=True))
+    return c
+
+
+def seq_copy_config(mode: str = "copy", ssm: str = "s4d") -> ml_collections.ConfigDict:
+    """Shared keys plus seq_copy's model / copy / eval blocks."""
+    # config.data only sets the batch size; the examples are synthetic
+    c = _sequence_config("seq_copy", "digits", sequence_model_config(ssm, dropout=0.0))
+    c.copy = ml_collections.ConfigDict(dict(mode=mode, num_tokens=8, vocab_size=8, lag=48))
+    c.eval = ml_collections.ConfigDict(dict(num_examples=1024, batch_size=256, test_seed=12345))
+    return c
+
+
+# ---------------------------------------------------------------------------------------------------------
+# quantised autoencoder
+
+
+def quantizer_variant(arg: str | None) -> tuple[str, bool]:
+    """'vq_ema,smoke' -> ('vq_ema', True): an optional quantizer name and an optional 'smoke', comma-separated."""
+    v = parse_variant(arg, {"quantizer": QUANTIZERS}, {"quantizer": "fsq"})
+    return v["quantizer"], v["smoke"]
+
+
+def autoencoder_config(dataset: str, quantizer: str = "fsq") -> ml_collections.ConfigDict:
+    """The shared keys plus the autoencoder's model / quantizer / eval blocks, with defaults (digits-sized)."""
+    c = base_config()
+    c.task = "autoencoder"
+    c.data = _data_config(dataset)
+    c.model = ml_collections.ConfigDict(dict(channels=(32, 64), num_res_blocks=1, dropout=0.0))
+    c.quantizer = ml_collections.ConfigDict(dict(
+        name=quantizer, levels=(8, 5, 5, 5), num_codes=1000, latent_dim=8, beta=0.25, decay=0.99, eps=1e-5,
+        cosine=False, dead_threshold=0.0, restart_every=0, init="kmeans++", init_examples=256))
+    c.eval = ml_collections.ConfigDict(dict(batch_size=500, num_images=32, usage_on_train=False))
+    return c
