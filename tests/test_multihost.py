@@ -1,7 +1,8 @@
 """Multi-host runs on one machine: 2 processes x 4 CPU devices over gloo, started with explicit coordinator
 flags. A SIGTERM to process 1 only stops both processes at the same step with a checkpoint of it (exit 143);
-re-running both resumes bitwise; the checkpoint resumes on 1 process too; only process 0 prints progress.
-SIGINT on a single process checkpoints the current step and exits 130."""
+re-running both resumes bitwise; the checkpoint resumes on 1 process too (the CLI's main in the test process);
+only process 0 prints progress. SIGINT on a single process (the test process) checkpoints the current step and
+ends the CLI's main with status 130."""
 
 import json
 import os
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -135,13 +137,23 @@ def test_resume_on_both_hosts_is_bitwise(runs):
     assert [resumed[s] for s in resumed] == [ref[s] for s in resumed]
 
 
-def test_resume_on_one_process(runs, tmp_path):
+def _main_in_process(workdir, *extra, capsys):
+    """`jaxgen.run.main` in this test process (1 process of the tests' 8 devices): (exit status, stdout, stderr).
+    No `train.compile_cache_dir` (an allowed resume change): the session's cache stays this process's."""
+    from jaxgen import run
+
+    capsys.readouterr()
+    rc = run.main(["--workdir", str(workdir), ARGS[0], os.path.join(ROOT, ARGS[1]), *ARGS[2:], *extra])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_resume_on_one_process(runs, tmp_path, capsys):
     work = tmp_path / "one"
     shutil.copytree(runs["base"] / "cut0", work)
     cut_at = _checkpoints(work)[-1]
-    p = _start(work, 8)
-    out, err = p.communicate(timeout=240)
-    assert p.returncode == 0, err[-3000:]
+    rc, out, err = _main_in_process(work, capsys=capsys)
+    assert rc == 0, err[-3000:]
     assert "process 0 of 1 (8 local / 8 global devices, cpu)" in out
     ref, resumed = _losses(runs["base"] / "ref"), _losses(work)
     # One process of 8 devices reduces in another order than 2 x 4: equal up to float32 rounding.
@@ -149,12 +161,36 @@ def test_resume_on_one_process(runs, tmp_path):
                                [ref[s] for s in range(cut_at + 1, STEPS + 1)], rtol=1e-5)
 
 
-def test_sigint_checkpoints_the_current_step_and_exits_130(tmp_path):
-    p = _start(tmp_path / "run", 8)
-    _signal_after_rows([p], p, tmp_path / "run", signal.SIGINT)
-    _, err = p.communicate(timeout=240)
-    assert p.returncode == 130, err[-3000:]
+def test_sigint_checkpoints_the_current_step_and_exits_130(tmp_path, capsys):
+    """The CLI's main in this process; a thread sends this process SIGINT once the run's own handler is installed
+    and 2 steps are logged (the exit status as a process: tests/test_cli.py's process-boundary test)."""
+    assert threading.current_thread() is threading.main_thread(), "the run's signal handlers need the main thread"
+    steps, work = 100, tmp_path / "run"  # steps: the margin for the signal to land before the end
+    strays = []
+    # A SIGINT that misses the run (it ended first) is recorded here instead of interrupting the test session.
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: strays.append(signum))
+    ours = signal.getsignal(signal.SIGINT)
+    sent = threading.Event()
+
+    def watch():
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            if signal.getsignal(signal.SIGINT) is not ours and _rows(work) >= 2:
+                os.kill(os.getpid(), signal.SIGINT)
+                sent.set()
+                return
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        rc, _, err = _main_in_process(work, f"--config.train.num_steps={steps}", capsys=capsys)
+        watcher.join(timeout=10)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert sent.is_set() and not strays, f"the SIGINT missed the run (rc {rc}): {err[-2000:]}"
+    assert rc == 130, err[-3000:]
     line = [ln for ln in err.splitlines() if ln.startswith("interrupted: checkpoint of step")]
     assert len(line) == 1 and "Traceback" not in err, err[-3000:]
     step = int(line[0].split()[4])
-    assert 2 <= step < STEPS and _checkpoints(tmp_path / "run")[-1] == step
+    assert 2 <= step < steps and _checkpoints(work)[-1] == step

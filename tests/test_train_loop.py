@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -77,7 +78,8 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert steps and max(steps) == 4
 
 
-RESUME_STEPS = {"train.num_steps": "300", "train.log_every": "1", "train.checkpoint_every": "50"}
+RESUME_STEPS = {"train.num_steps": "300", "train.log_every": "1", "train.checkpoint_every": "50",
+                "eval.untrained_baseline": "False"}
 
 
 @pytest.fixture(scope="module")
@@ -88,34 +90,74 @@ def uninterrupted(tmp_path_factory):
     return _losses(workdir)
 
 
-def _interrupt_after_checkpoint(workdir, after: int, sig, steps) -> int:
-    """Run the CLI in `workdir`, send `sig` once a checkpoint newer than step `after` is on disk; returns the
-    newest checkpoint step once the process has ended."""
-    proc = _run(workdir, *steps, wait=False)
+def _saved(workdir):
     ckpt_dir = workdir / "checkpoints"
-    saved = lambda: [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if ckpt_dir.exists() else []  # noqa: E731
+    return [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if ckpt_dir.exists() else []
+
+
+def _sigterm_in_process_after_checkpoint(workdir, after: int, steps, capsys) -> int:
+    """`jaxgen.run.main` in this process; a thread sends this process SIGTERM once the run's own handler is
+    installed and a checkpoint newer than step `after` is on disk. The CLI's exit status and stderr are the
+    same as a subprocess's (the process boundary itself: tests/test_multihost.py, tests/test_cli.py)."""
+    from jaxgen import run
+
+    assert threading.current_thread() is threading.main_thread(), "the run's signal handlers need the main thread"
+    strays = []
+    # A SIGTERM that misses the run (it ended first) is recorded here instead of ending the test process.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: strays.append(signum))
+    ours = signal.getsignal(signal.SIGTERM)
+    sent = threading.Event()
+
+    def watch():
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            if signal.getsignal(signal.SIGTERM) is not ours and max(_saved(workdir), default=0) > after:
+                os.kill(os.getpid(), signal.SIGTERM)
+                sent.set()
+                return
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        capsys.readouterr()
+        rc = run.main(["--config", os.path.join(ROOT, TOY), "--workdir", str(workdir), *steps])
+        watcher.join(timeout=10)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    err = capsys.readouterr().err
+    assert sent.is_set() and not strays, f"the SIGTERM missed the run (rc {rc}): {err[-2000:]}"
+    assert rc == 143, err[-2000:]
+    assert "preempted: checkpoint of step" in err
+    return max(_saved(workdir))
+
+
+def _sigkill_after_checkpoint(workdir, after: int, steps) -> int:
+    """Run the CLI in a subprocess in `workdir`, SIGKILL it once a checkpoint newer than step `after` is on
+    disk; returns the newest checkpoint step once the process has ended."""
+    proc = _run(workdir, *steps, wait=False)
     deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and max(saved(), default=0) <= after:
+    while time.time() < deadline and proc.poll() is None and max(_saved(workdir), default=0) <= after:
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be interrupted: " + proc.communicate()[1][-2000:]
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
-    if sig == signal.SIGTERM:
-        assert proc.returncode == 143, err[-2000:]
-        assert "preempted: checkpoint of step" in err
-    return max(saved())
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=120)
+    return max(_saved(workdir))
 
 
-def test_resume_after_sigterm_and_after_sigkill_is_bitwise_identical(tmp_path, uninterrupted):
+def test_resume_after_sigterm_and_after_sigkill_is_bitwise_identical(tmp_path, uninterrupted, capsys):
     """SIGTERM (checkpoint of the current step, exit 143), resume; SIGKILL after a later checkpoint, resume:
-    every logged loss after the first cut equals the uninterrupted run's."""
+    every logged loss after the first cut equals the uninterrupted run's. The SIGKILL needs a process of its
+    own; the SIGTERM run and the last resume run the CLI's main in this process."""
+    from jaxgen import run
+
     steps = [f"--config.{k}={v}" for k, v in RESUME_STEPS.items()]
     n = int(RESUME_STEPS["train.num_steps"])
     work = tmp_path / "cut"
-    first = _interrupt_after_checkpoint(work, 0, signal.SIGTERM, steps)
-    second = _interrupt_after_checkpoint(work, first, signal.SIGKILL, steps)
+    first = _sigterm_in_process_after_checkpoint(work, 0, steps, capsys)
+    second = _sigkill_after_checkpoint(work, first, steps)
     assert 0 < first < second < n
-    _run(work, *steps)
+    assert run.main(["--config", os.path.join(ROOT, TOY), "--workdir", str(work), *steps]) == 0
     resumed = _losses(work)
     assert sorted(resumed) == list(range(1, n + 1))
     assert [resumed[s] for s in range(first + 1, n + 1)] == [uninterrupted[s] for s in range(first + 1, n + 1)]
@@ -140,11 +182,19 @@ def eight_devices(tmp_path_factory):
 
 
 def test_one_device_and_fsdp_match_eight_and_restore_across_device_counts(tmp_path, eight_devices):
-    _run(tmp_path / "one", *_flags(STEPS8), devices=1)
     # 2 (data) x 4 (fsdp): every parameter with a dimension divisible by 4 is split over 4 devices.
     build_and_train(_load(TOY, **STEPS8, **{"mesh.fsdp": "4", "mesh.fsdp_min_size": "1"}), str(tmp_path / "fsdp"))
     build_and_train(_load(TOY, **dict(STEPS8, **{"train.num_steps": "4"})), str(tmp_path / "switch"))
-    _run(tmp_path / "switch", *_flags(STEPS8), devices=1)  # restores the 8-device checkpoint onto 1 device
+    # One process of 1 device runs the CLI's main twice: 8 steps from scratch, then a resume that restores the
+    # 8-device checkpoint of step 4 onto its 1 device.
+    argv = lambda d: ["--config", TOY, "--workdir", str(tmp_path / d), *_flags(STEPS8)]  # noqa: E731
+    code = ("import sys, jax; from jaxgen import run; assert jax.device_count() == 1, jax.devices(); "
+            f"sys.exit(run.main({argv('one')!r}) or run.main({argv('switch')!r}))")
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES="1", JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("process 0 of 1 (1 local / 1 global devices, cpu)") == 2, r.stdout[-3000:]
+    assert "Resumed from" in r.stdout and "at step 4" in r.stdout, r.stdout[-3000:]
     one, switch, fsdp = (_losses(tmp_path / d) for d in ("one", "switch", "fsdp"))
     np.testing.assert_allclose([one[s] for s in range(1, 9)], eight_devices, rtol=1e-5)
     np.testing.assert_allclose([fsdp[s] for s in range(1, 9)], eight_devices, rtol=1e-5)
