@@ -1,12 +1,13 @@
 """Remote storage: gs:// workdirs, data dirs and outputs end to end against a GCS API server on localhost
 (`gcs_fixture.gcs_emulator`), and metrics.jsonl written whole / read back despite damaged lines."""
 
+import contextlib
+import io
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -37,13 +38,6 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in read_metrics(workdir) if "loss" in r}
 
 
-def _cli(workdir, cwd):
-    env = dict(os.environ, JAX_NUM_CPU_DEVICES="8", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-    cmd = [sys.executable, "-m", "jaxgen.run", "--config", TOY, "--workdir", workdir,
-           *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
-    return subprocess.Popen(cmd, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
 def _tb_tags(data: bytes) -> set:
     """Scalar tags in a TensorBoard event file (TFRecord framing: u64 length, u32 crc, payload, u32 crc)."""
     from tensorboardX.proto import event_pb2
@@ -59,41 +53,49 @@ def _tb_tags(data: bytes) -> set:
 
 @pytest.fixture(scope="module")
 def gs_run(gcs_emulator, tmp_path_factory):  # noqa: F811
-    """The toy smoke config with --workdir gs://test-bucket/run: the CLI in a subprocess, SIGTERM after its
-    first logged step, then resumed to the end (and evaluated); plus an uninterrupted run in gs://.../ref.
-    The three runs share one persistent compilation cache (the same executables, compiled once)."""
-    import jax
-
-    from jaxgen import tasks
+    """The toy smoke config with --workdir gs://test-bucket/run: the CLI's main in this process (working
+    directory: an empty folder), a SIGTERM from a thread once the run's own handler is installed (inside the
+    step loop), then resumed to the end (and evaluated); plus an uninterrupted run in gs://.../ref. The three
+    runs share this process's compilation caches (the same executables, compiled once)."""
+    from jaxgen import run, tasks
     from jaxgen.train.loop import train_and_evaluate
 
+    assert threading.current_thread() is threading.main_thread(), "the run's signal handlers need the main thread"
     cwd = tmp_path_factory.mktemp("cwd")
     repo_before = set(os.listdir(ROOT))
-    min_time = jax.config.jax_persistent_cache_min_compile_time_secs
+    strays = []
+    sent = threading.Event()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("compile_cache")))
-        mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        mp.chdir(cwd)
+        # A SIGTERM that misses the run (it ended first) is recorded here instead of ending the test process.
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: strays.append(signum))
+        ours = signal.getsignal(signal.SIGTERM)
+
+        def watch():
+            deadline = time.time() + 300
+            while time.time() < deadline:
+                if signal.getsignal(signal.SIGTERM) is not ours:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    sent.set()
+                    return
+                time.sleep(0.005)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        err = io.StringIO()
         try:
-            proc = _cli(f"gs://{BUCKET}/run", cwd)
-            watchdog = threading.Timer(300, proc.kill)  # a child that hangs without output fails, not blocks
-            watchdog.start()
-            out = []
-            for line in proc.stdout:  # the first metrics line is printed inside the loop, with the handler installed
-                out.append(line)
-                if line.startswith("step "):
-                    proc.send_signal(signal.SIGTERM)
-                    break
-            rest, err = proc.communicate(timeout=120)
-            watchdog.cancel()
-            cut = dict(returncode=proc.returncode, stdout="".join(out) + rest, stderr=err,
-                       checkpoints=gcs_emulator.list("run/checkpoints/"))
-            config = _load(TOY, OVERRIDES)
-            task = tasks.build(config)  # one task: its jitted samplers are traced once for both runs
-            train_and_evaluate(config, f"gs://{BUCKET}/ref", task=task)
-            final = train_and_evaluate(config, f"gs://{BUCKET}/run", task=task)  # resumes from the SIGTERM checkpoint
+            with contextlib.redirect_stderr(err):
+                rc = run.main(["--config", TOY, "--workdir", f"gs://{BUCKET}/run",
+                               *(f"--config.{k}={v}" for k, v in OVERRIDES.items())])
+            watcher.join(timeout=10)
         finally:
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", min_time)
+            signal.signal(signal.SIGTERM, previous)
+        cut = dict(returncode=rc, stderr=err.getvalue(), sent=sent.is_set(), strays=strays,
+                   checkpoints=gcs_emulator.list("run/checkpoints/"))
+        config = _load(TOY, OVERRIDES)
+        task = tasks.build(config)  # one task: its jitted samplers are traced once for both runs
+        train_and_evaluate(config, f"gs://{BUCKET}/ref", task=task)
+        final = train_and_evaluate(config, f"gs://{BUCKET}/run", task=task)  # resumes from the SIGTERM checkpoint
     return dict(cut=cut, final=final, cwd=cwd, repo_before=repo_before)
 
 
@@ -103,6 +105,7 @@ def _steps(names, prefix):
 
 def test_gs_workdir_sigterm_resume_is_bitwise_and_evaluates(gs_run, gcs_emulator):  # noqa: F811
     cut = gs_run["cut"]
+    assert cut["sent"] and not cut["strays"], "the SIGTERM missed the run: " + cut["stderr"][-3000:]
     assert cut["returncode"] == 143, cut["stderr"][-3000:]
     assert "preempted: checkpoint of step" in cut["stderr"]
     (cut_at,) = _steps(cut["checkpoints"], "run/checkpoints/")  # the SIGTERM checkpoint, nothing else
@@ -122,11 +125,11 @@ def test_gs_workdir_objects_are_in_the_bucket_and_nothing_local(gs_run, gcs_emul
     assert any(n.startswith("run/figures/samples_") and n.endswith(".png") for n in names)
     assert any(n.startswith(f"run/checkpoints/{NUM_STEPS}/") for n in names)
     events = [n for n in names if n.startswith("run/tensorboard/events.out.tfevents")]
-    assert len(events) == 2  # one per process (the cut run and the resumed one)
+    assert len(events) == 2  # one per run (the cut run and the resumed one)
     blob = gcs_emulator.client().bucket(BUCKET).blob(events[-1]).download_as_bytes()
     assert {"loss", "grad_norm", "eval/sw2"} <= _tb_tags(blob)
     assert not [n for n in names if ".jaxgen_write_probe" in n]
-    assert os.listdir(gs_run["cwd"]) == []  # the CLI's working directory gained nothing
+    assert os.listdir(gs_run["cwd"]) == []  # the working directory of the runs gained nothing
     assert set(os.listdir(ROOT)) - gs_run["repo_before"] == set()
     assert not os.path.exists(os.path.join(ROOT, "gs:"))
 
@@ -275,7 +278,7 @@ def test_sampling_and_classifier_caches_on_gs(gcs_emulator, monkeypatch):  # noq
     import jax.numpy as jnp
 
     from jaxgen import metrics
-    from jaxgen.tasks import ddpm
+    from jaxgen.tasks import diffusion
 
     base = f"gs://{BUCKET}/caches"
     calls = []
@@ -285,11 +288,11 @@ def test_sampling_and_classifier_caches_on_gs(gcs_emulator, monkeypatch):  # noq
         return np.array([0.5, 0.25])
 
     for _ in range(2):  # the second call reads the cache
-        np.testing.assert_array_equal(ddpm._cached_gamma(f"{base}/gamma.json", [10, 20], estimate), [0.5, 0.25])
+        np.testing.assert_array_equal(diffusion.cached_gamma(f"{base}/gamma.json", [10, 20], estimate), [0.5, 0.25])
     tree = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
     for _ in range(2):
-        got = ddpm._cached_pytree(f"{base}/head_step1", abstract, lambda: calls.append(2) or tree)
+        got = diffusion.cached_pytree(f"{base}/head_step1", abstract, lambda: calls.append(2) or tree)
         jax.tree.map(np.testing.assert_array_equal, got, tree)
     assert calls == [1, 2]
 
