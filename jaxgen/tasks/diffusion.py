@@ -174,6 +174,9 @@ def _validate(config, d, info) -> None:
     if ev.get("metric", "classifier") == "inception" and (len(info.shape) != 3 or info.shape[-1] not in (1, 3)):
         raise ConfigError(f"config.eval.metric='inception' needs images (H, W, 1 or 3); '{info.name}' has shape "
                           f"{info.shape}")
+    if ev.get("metric", "classifier") == "inception" and ev.num_samples < 10:
+        raise ConfigError(f"config.eval.num_samples must be >= 10 for eval.metric='inception' (the Inception Score "
+                          f"averages 10 splits), got {ev.num_samples}")
     try:
         sampling.SamplerSpec.from_config(ev).check(make_process(d))
     except ValueError as e:
@@ -218,7 +221,8 @@ def build(config) -> Task:
         params = eval_params(state)
         aux = learned.inputs(params, k_fit, paths.join(workdir, "sampling"), int(state.step))
         tag = spec.tag()
-        score = _Scorer(config, ev, info, k_metric, train_split, workdir, tag, int(state.step))
+        score = _Scorer(config, ev, info, k_metric, train_split, workdir, tag, int(state.step),
+                        devices=_local_devices_like(params))
         B = draw.global_batch(params)
         out, shown = score(lambda start: draw(params, aux, k_sample, start), ev.num_samples, B)
         if ev.untrained_baseline:  # the same sampler without its learned inputs
@@ -386,8 +390,9 @@ class _Scorer:
     """score(draw_from, n) -> (metrics, the first 64 samples): draws n samples batch by batch (draw_from(start))
     and scores them against the test split, keeping one batch at a time for images."""
 
-    def __init__(self, config, ev, info, key, train_split, workdir, tag, step):
+    def __init__(self, config, ev, info, key, train_split, workdir, tag, step, devices=None):
         self.config, self.ev, self.info, self.key, self.train_split = config, ev, info, key, train_split
+        self.devices = devices  # this process's devices of the model's mesh (the Inception network runs there)
         self.state_path = paths.join(workdir, "eval", f"inception_{tag}_step{step}.npz")
 
     def __call__(self, draw_from, n, batch, resumable=True):
@@ -426,7 +431,8 @@ class _Scorer:
         from jaxgen.metrics import fid, inception
 
         ev = self.ev
-        extractor = fid.InceptionExtractor(inception.load_fid_inception(ev.inception_weights or None))
+        extractor = fid.InceptionExtractor(inception.load_fid_inception(ev.inception_weights or None),
+                                           batch_size_per_device=ev.batch_size, devices=self.devices)
         ref = fid.load_stats(ev.fid_stats) if ev.fid_stats else self._test_stats(extractor)
         state = _read_state(self.state_path) if resumable else None
         if state is not None and int(state.pop("global_batch")) != batch:  # batch i starts at i * batch
@@ -514,6 +520,12 @@ def _batch_sharding_like(tree):
     if isinstance(sharding, NamedSharding):
         return NamedSharding(sharding.mesh, P(sharding.mesh.axis_names))
     return sharding if sharding is not None else jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
+def _local_devices_like(tree) -> list:
+    """This process's devices among those holding `tree`'s first leaf."""
+    devices = jax.tree.leaves(tree)[0].sharding.device_set
+    return sorted((d for d in devices if d.process_index == jax.process_index()), key=lambda d: d.id)
 
 
 def load_trained(config, workdir: str):
