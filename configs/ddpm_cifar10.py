@@ -13,7 +13,13 @@ Recipe: UNet ch 128, mult (1,2,2,2), 2 res blocks, attention at 16x16, dropout 0
 Adam 2e-4, batch 128, warmup 5000, grad clip 1, EMA 0.9999, random flip; T = 1000 linear betas;
 800k steps: the paper reports 21 steps/s on a TPU v3-8 (10.6 h to completion); expect about that on a v4-8.
 Expected: FID 3.17, IS 9.46 (paper; 3.24 in score_sde's JAX port) with 50k samples and Inception
-features. Our built-in `eval/fd` uses the small-classifier features instead (not comparable to FID).
+features, which is what the evaluation computes (`eval/fid`, `eval/is`: eval.metric='inception', 50,000 samples
+in batches of 256 per chip). Write the reference statistics of the training set once and pass them:
+    python -m jaxgen.metrics.fid_stats --data cifar10 --split train --out gs://BUCKET/cifar10_train_stats.npz
+    ... --config.eval.fid_stats=gs://BUCKET/cifar10_train_stats.npz
+(without eval.fid_stats the test split's statistics are computed at the first evaluation: not the papers' FID).
+The Inception weights are downloaded once (pytorch-fid's published file); on an offline host put them at the path
+the error message names, or pass --config.eval.inception_weights=PATH.
 
 Sampling families (variants; re-run the finished workdir with `--config configs/ddpm_cifar10.py:VARIANT` to
 only sample and evaluate). Published CIFAR-10 FIDs for this model family (from the papers cited; some recalled):
@@ -30,9 +36,8 @@ Target slice: v5e-8 (8 chips, one host). Check that it compiles and fits without
     python -m jaxgen.aot --config configs/ddpm_cifar10.py --topology v5e-8
 Measured that way (experiments/results/aot_tpu.json): per chip the train step (batch 16 per chip) needs 1.17 of
 16 GiB of HBM, 569 GFLOP and 11.3 GiB accessed, a roofline bound of at most 68 steps/s (memory bound; a bound,
-not a measurement). Today's evaluation sampler does NOT fit: it draws all eval.num_samples = 10000 samples on
-every chip (unsharded) and XLA needs at least 31 GiB of temporaries per chip, so the command exits 2; use
-`--steps train` until sampling is sharded over the mesh, or lower eval.num_samples.
+not a measurement). The evaluation sampler draws one batch of eval.batch_size = 256 samples per chip at a time
+(its memory does not depend on eval.num_samples).
 """
 
 import ml_collections
@@ -64,7 +69,8 @@ def _config(smoke: bool) -> ml_collections.ConfigDict:
     c.optimizer.warmup_steps = 5000
     c.optimizer.grad_clip = 1.0
     c.ema_decay = 0.9999
-    c.eval = eval_config(batch_size=256, num_samples=10_000, variance="beta", clip_x0=1.0, pixel_width=2 / 255)
+    c.eval = eval_config(batch_size=256, num_samples=50_000, metric="inception", variance="beta", clip_x0=1.0,
+                         pixel_width=2 / 255)
     if smoke:
         c.data.mock = True  # tfds mock data: runs before CIFAR-10 is prepared
         c.train.num_steps = 2
@@ -78,5 +84,6 @@ def _config(smoke: bool) -> ml_collections.ConfigDict:
         c.model.num_groups = 4
         c.eval.classifier_steps = 10
         c.eval.num_samples = 8
+        c.eval.metric = "classifier"  # the Inception network is tested on its own (tests/test_inception.py)
         c.eval.batch_size = 1
     return c
