@@ -1,5 +1,6 @@
 """The DDPM variational bound: closed form on Gaussian data, >= the exact NLL of discretised mixture data,
-Analytic-DPM's variance gives a lower bound than beta_tilde (and beta), the discretised decoder vs scipy."""
+Analytic-DPM's variance gives a lower bound than beta_tilde (and beta), the discretised decoder vs scipy.
+A data set's bits/dim in batches (dataset_vb_bpd, dataset_ode_bpd) equal the per-example functions they batch."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -167,3 +168,43 @@ def test_bad_arguments():
         L.ddpm_vb(lambda x, t: x, sch, jnp.zeros((2, 1)), jax.random.key(0), decoder="logistic")
     with pytest.raises(ValueError, match="gamma"):
         L.analytic_vb_variance(sch, np.ones(9))
+
+
+def test_dataset_vb_bpd_is_ddpm_vb_per_example():
+    """Example j is ddpm_vb of x[j] alone with key fold_in(key, j) (so any batch size gives the same; the last
+    batch padded), here with an array variance (Analytic-DPM's)."""
+    gm = D.oracle_2d()
+    sch = D.make_schedule("linear", 20)
+    eps = gm.eps_fn(sch)
+    w = 2.0 / 255
+    x = np.clip(np.round((np.asarray(gm.sample(jax.random.key(0), 5)) + 1) / w), 0, 255).astype(np.float32) * w - 1
+    key = jax.random.key(3)
+    var = L.analytic_vb_variance(sch, np.linspace(0.05, 0.99, 20))
+    got = L.dataset_vb_bpd(eps, sch, x, key, variance=var, batch_size=3)
+    f = jax.jit(lambda x_, k: L.ddpm_vb(eps, sch, x_, k, var)["bpd"])
+    expect = [float(f(jnp.asarray(x[j:j + 1]), jax.random.fold_in(key, j))[0]) for j in range(len(x))]
+    assert got.shape == (5,) and np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, expect, rtol=1e-5)
+
+
+def test_dataset_ode_bpd_is_the_ode_likelihood_per_example():
+    """Example j: ode_log_likelihood at x[j] + u (u ~ U(-w/2, w/2) from the first half of fold_in(key, j)) in
+    bits/dim with the bin (so any batch size gives the same); rectified flow's default t_max is 1 - t_min (sigma /
+    alpha is infinite at t = 1)."""
+    from jaxgen.diffusion.score_matching import bits_per_dim, ode_log_likelihood
+
+    gm = D.oracle_gaussian(M, S, 2)
+    rf = D.make_process("rf")
+    den = gm.denoise_fn(rf)
+    x = np.asarray(gm.sample(jax.random.key(0), 3), np.float32)
+    key, w, t_min, tol = jax.random.key(4), 2.0 / 255, 1e-3, dict(rtol=1e-3, atol=1e-3)
+    got = L.dataset_ode_bpd(den, rf, x, key, t_min=t_min, bin_width=w, batch_size=2, **tol)
+
+    @jax.jit
+    def one(xj, k):
+        k_deq, k_ode = jax.random.split(k)
+        xj = xj + jax.random.uniform(k_deq, xj.shape, jnp.float32, -w / 2, w / 2)
+        return bits_per_dim(ode_log_likelihood(den, rf, xj, k_ode, t_min=t_min, t_max=1 - t_min, **tol), 2, w)[0]
+
+    expect = [float(one(jnp.asarray(x[j:j + 1]), jax.random.fold_in(key, j))) for j in range(len(x))]
+    np.testing.assert_allclose(got, expect, rtol=1e-5)

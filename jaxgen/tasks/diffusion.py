@@ -18,7 +18,14 @@ Config keys beyond the shared ones (`diffusion_config()` / `eval_config()` give 
     eval.fid_stats, an .npz of (mu, sigma), else the test split's statistics; eval.inception_weights, default:
     the published file, downloaded once); 2-D data by sliced W2 and MMD against the test split (eval/sw2, eval/mmd);
   eval.untrained_baseline (also score a freshly initialised network), eval.classifier_steps, eval.gamma_samples
-    (Analytic-DPM's Gamma), eval.head_steps (SN/NPR heads), eval.amed_iters (AMED predictor).
+    (Analytic-DPM's Gamma), eval.head_steps (SN/NPR heads), eval.amed_iters (AMED predictor);
+  eval.likelihood (default False): also the test split's negative log-likelihood in bits/dim, on the first
+    eval.likelihood_samples (256) test examples in batches of eval.batch_size per device: `eval/ode_bpd` (every
+    process: the probability-flow ODE from t_min (1/T for 'ddpm') with a Hutchinson trace; images uniformly
+    dequantised in bins of 2/255, i.e. as 8-bit data in [-1, 1]; vectors as densities) and for 'ddpm'
+    `eval/vb_bpd`, the variational bound with the sampler's reverse variance (eval.variance 'beta' / 'beta_tilde';
+    'analytic': Analytic-DPM's, from Gamma on all T steps; 'npr' / 'sn': beta_tilde) and the discretised decoder
+    (images) or a Gaussian one (vectors). jaxgen.diffusion.likelihood.dataset_vb_bpd / dataset_ode_bpd.
 The learned sampler parts are fitted on the frozen (EMA) model at the first evaluation that needs them and cached
 under workdir/sampling/ per checkpoint step and step set. An Inception evaluation saves its running statistics
 after every batch (workdir/eval/), so an interrupted 50,000-sample evaluation resumes from its last batch.
@@ -45,7 +52,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxgen import data as data_lib
 from jaxgen import diffusion, metrics, paths, viz
 from jaxgen.config import ConfigError
-from jaxgen.diffusion import objectives, sampling
+from jaxgen.diffusion import likelihood, objectives, sampling
 from jaxgen.tasks import Task, dataset_info
 from jaxgen.train.state import eval_params, trainable
 
@@ -58,7 +65,7 @@ DIFFUSION_DEFAULTS = dict(process="ddpm", schedule="linear", num_steps=1000, pre
 EVAL_DEFAULTS = dict(num_samples=500, batch_size=128, sampler="ddpm", sample_steps=0, variance="beta", eta=0.0,
                      skip="uniform", clip_x0=1.0, pixel_width=None, metric="classifier", fid_stats="",
                      inception_weights="", untrained_baseline=False, classifier_steps=500, gamma_samples=2000,
-                     head_steps=1000, amed_iters=200)
+                     head_steps=1000, amed_iters=200, likelihood=False, likelihood_samples=256)
 
 
 def _section(defaults, name, overrides):
@@ -186,6 +193,10 @@ def _validate(config, d, info) -> None:
             raise ConfigError(f"config.eval.{name} must be >= 1, got {ev[name]}")
     if ev.num_samples < 2:
         raise ConfigError(f"config.eval.num_samples must be >= 2, got {ev.num_samples}")
+    if not isinstance(ev.get("likelihood", False), bool):
+        raise ConfigError(f"config.eval.likelihood must be True or False, got {ev.likelihood!r}")
+    if ev.get("likelihood_samples", 1) < 1:
+        raise ConfigError(f"config.eval.likelihood_samples must be >= 1, got {ev.likelihood_samples}")
 
 
 def build(config) -> Task:
@@ -231,6 +242,11 @@ def build(config) -> Task:
             baseline, _ = score(lambda start: plain(untrained, {}, k_sample, start), ev.num_samples, B,
                                 resumable=False)
             out.update({f"{k}_untrained": v for k, v in baseline.items() if not k.startswith("classifier")})
+        if ev.likelihood:
+            x = data_lib.load_split(config.data, config.data.split_test)["x"][:ev.likelihood_samples]
+            out.update(_likelihood_bpd(x, process, d, objectives.model_fns(net(params), param), info, B,
+                                       _batch_sharding_like(params), jax.random.fold_in(key, 1), learned.vb_variance(
+                                           params, k_fit, paths.join(workdir, "sampling"), int(state.step))))
         if jax.process_index() == 0:
             real = data_lib.load_split(config.data, config.data.split_test)["x"][:len(shown)]
             viz.save_samples_figure(paths.join(workdir, "figures", f"samples_{tag}.png"), shown, real,
@@ -267,6 +283,21 @@ class _LearnedParts:
         s = self.spec
         return diffusion.analytic_variance(self.process, self._timesteps(), gamma, s.eta_value, s.data_range,
                                            s.pixel_width)
+
+    def vb_variance(self, params, key, cache_dir, step):
+        """The variational bound's reverse variance for eval.variance: 'beta' / 'beta_tilde', Analytic-DPM's
+        [T] (Gamma on all T steps, cached as inputs() caches it) or 'beta_tilde' for 'npr' / 'sn'; None if the
+        process is not the discrete VP."""
+        if not isinstance(self.process, diffusion.DiscreteVP):
+            return None
+        if self.spec.variance != "analytic":
+            return self.spec.variance if self.spec.variance in ("beta", "beta_tilde") else "beta_tilde"
+        T, n = self.process.num_steps, self.ev.gamma_samples
+        ts = np.arange(1, T + 1)
+        eps = objectives.model_fns(self.net(params), self.param).eps
+        gamma = cached_gamma(paths.join(cache_dir, f"gamma_step{step}_K{T}_uniform.json"), ts, lambda: (
+            diffusion.estimate_gamma(eps, self.process, self.train_split()["x"][:n], key, ts, batch_size=min(n, 500))))
+        return likelihood.analytic_vb_variance(self.process, gamma, self.spec.data_range)
 
     def inputs(self, params, key, cache_dir, step) -> dict:
         """{'variances' | 'head' | 'amed': ...} for the sampler, fitted or read from the cache."""
@@ -450,6 +481,22 @@ class _Scorer:
 
         stats = fid_stats.split_stats(self.config.data, self.config.data.split_test, extractor)
         return stats.mu, stats.sigma
+
+
+def _likelihood_bpd(x, process, d, fns, info, batch, sharding, key, vb_variance) -> dict:
+    """eval/ode_bpd and, for the discrete VP, eval/vb_bpd: means over the examples x (module docstring)."""
+    images, discrete = len(info.shape) == 3, isinstance(process, diffusion.DiscreteVP)
+    k_vb, k_ode = jax.random.split(key)
+    kw = dict(batch_size=batch, sharding=sharding)
+    out = {"ode_bpd": float(np.mean(likelihood.dataset_ode_bpd(
+        fns.denoise, process, x, k_ode, t_min=1 / process.num_steps if discrete else d.t_min,
+        bin_width=2 / 255 if images else None, **kw)))}
+    if discrete:
+        out["vb_bpd"] = float(np.mean(likelihood.dataset_vb_bpd(
+            fns.eps, process, x, k_vb, variance=vb_variance, decoder="discretized" if images else "gaussian", **kw)))
+    print(f"likelihood of {len(x)} test examples (bits/dim): " + ", ".join(f"{k} {v:.4g}" for k, v in out.items()),
+          flush=True)
+    return out
 
 
 def _batches(draw_from, n):
