@@ -25,6 +25,12 @@ ARGS = ["--config", "configs/ddpm_toy2d.py:smoke", f"--config.train.num_steps={S
         "--config.optimizer.warmup_steps=0", "--config.eval.untrained_baseline=False"]
 
 
+# `python -m jaxgen.run` as on a user's install, without torch: torch is a test-only dependency (the FID reference,
+# setup.py's test extra) and tensorboardX imports it when present (3.4 CPU-s per process 0).
+CLI = [sys.executable, "-c", "import runpy, sys; sys.modules['torch'] = None; "
+       "runpy.run_module('jaxgen.run', run_name='__main__', alter_sys=True)"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -35,7 +41,7 @@ def _start(workdir, devices, *extra):
     env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS="cpu")
     # One persistent compilation cache for every run of the module: restarts load their executables.
     cache = os.path.join(os.path.dirname(os.path.dirname(str(workdir).rstrip("/"))), "multihost_compile_cache")
-    cmd = [sys.executable, "-m", "jaxgen.run", "--workdir", str(workdir), *ARGS,
+    cmd = [*CLI, "--workdir", str(workdir), *ARGS,
            f"--config.train.compile_cache_dir={cache}", *extra]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

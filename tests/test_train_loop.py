@@ -23,9 +23,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = "configs/ddpm_toy2d.py:smoke"
 
 
+# `python -m jaxgen.run` as on a user's install, without torch: torch is a test-only dependency (the FID reference,
+# setup.py's test extra) and tensorboardX imports it when present (3.4 CPU-s per process).
+NO_TORCH = "import sys; sys.modules['torch'] = None; "
+CLI = [sys.executable, "-c", NO_TORCH + "import runpy; runpy.run_module('jaxgen.run', run_name='__main__', alter_sys=True)"]
+
+
 def _run(workdir, *overrides, devices=8, env=None, config=TOY, wait=True):
     env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS="cpu", **(env or {}))
-    cmd = [sys.executable, "-m", "jaxgen.run", "--config", config, "--workdir", str(workdir), *overrides]
+    cmd = [*CLI, "--config", config, "--workdir", str(workdir), *overrides]
     if not wait:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -188,7 +194,7 @@ def test_one_device_and_fsdp_match_eight_and_restore_across_device_counts(tmp_pa
     # One process of 1 device runs the CLI's main twice: 8 steps from scratch, then a resume that restores the
     # 8-device checkpoint of step 4 onto its 1 device.
     argv = lambda d: ["--config", TOY, "--workdir", str(tmp_path / d), *_flags(STEPS8)]  # noqa: E731
-    code = ("import sys, jax; from jaxgen import run; assert jax.device_count() == 1, jax.devices(); "
+    code = (NO_TORCH + "import jax; from jaxgen import run; assert jax.device_count() == 1, jax.devices(); "
             f"sys.exit(run.main({argv('one')!r}) or run.main({argv('switch')!r}))")
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="1", JAX_PLATFORMS="cpu")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
