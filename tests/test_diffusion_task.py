@@ -197,3 +197,60 @@ def test_inception_metric_scores_and_resumes_from_its_saved_state(tmp_path):
         assert int(f["batch"]) == 1 and int(f["global_batch"]) == 10  # 10 samples: one batch of 10 on 1 device
     again = task.evaluate(state, jax.random.key(1), workdir)
     assert again == out
+
+
+RF_TOY = [("diffusion.process", "rf"), ("diffusion.prediction", "velocity"), ("eval.sampler", "flow_euler"),
+          ("eval.sample_steps", "4"), ("eval.untrained_baseline", "False")]
+
+
+def test_reflow_generates_teacher_pairs_resumably_and_trains_on_them(tmp_path, capsys):
+    """A 1-RF teacher's pairs are its own ODE solutions from the stored noise; generation resumes at the first
+    missing shard with the same pairs; the 2-RF (init from the teacher) and the one-step distillation train on them."""
+    from jaxgen import diffusion
+    from jaxgen.data import pairs as pairs_lib
+    from jaxgen.diffusion import objectives
+
+    teacher_dir = str(tmp_path / "teacher")
+    teacher = config_lib.load_config(TOY + ":smoke")
+    config_lib.apply_overrides(teacher, RF_TOY)
+    build_and_train(teacher, teacher_dir)
+
+    def student(workdir, **overrides):
+        config = config_lib.load_config(TOY + ":smoke")
+        config_lib.apply_overrides(config, RF_TOY + list(overrides.items()))
+        with config.unlocked():
+            config.reflow = task_lib.reflow_config(teacher=teacher_dir, num_pairs=100, sampler="flow_euler",
+                                                   sample_steps=3, batch_size=4)  # shards of 4 x 8 devices
+        return build_and_train(config, workdir)
+
+    workdir = str(tmp_path / "reflow")
+    out = student(workdir)
+    assert np.isfinite(out["eval/straightness"]) and out["eval/straightness"] >= 0
+    pairs_dir = os.path.join(workdir, "pairs")
+    assert pairs_lib.num_shards(pairs_dir) == 4  # 100 pairs in shards of 32
+    split = pairs_lib.PairSplit(pairs_dir)
+    assert len(split) == 100 and split.shape == (2,)
+    got = split.load(np.arange(100))
+    fns, process, _ = task_lib.load_trained(teacher, teacher_dir)
+    direct = diffusion.flow_solve(fns.velocity, jax.numpy.asarray(got["noise"]), diffusion.uniform_grid(3), "euler")
+    np.testing.assert_allclose(got["x"], direct, rtol=1e-5, atol=1e-5)
+
+    first = np.load(pairs_lib.shard_path(pairs_dir, 1))
+    os.remove(pairs_lib.shard_path(pairs_dir, 1))  # an interrupted generation: shards 1.. missing
+    os.remove(pairs_lib.shard_path(pairs_dir, 3))
+    os.remove(pairs_lib.shard_path(pairs_dir, 2))
+    student(workdir)  # trains nothing more; regenerates shards 1-3
+    np.testing.assert_array_equal(np.load(pairs_lib.shard_path(pairs_dir, 1)), first)
+    assert "3 shards generated" in capsys.readouterr().out
+
+    distilled = student(str(tmp_path / "distill"), **{"diffusion.time_sampling": "end", "eval.sample_steps": "1"})
+    assert np.isfinite(distilled["eval/sw2"])
+    assert objectives.sample_times(jax.random.key(0), process, 3, "end").tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_missing_or_mismatched_teacher_is_named(tmp_path):
+    config = config_lib.load_config(TOY + ":smoke")
+    with config.unlocked():
+        config.reflow = task_lib.reflow_config(teacher=str(tmp_path / "nothing"))
+    with pytest.raises(ConfigError, match="is not a training workdir"):
+        task_lib.build(config)

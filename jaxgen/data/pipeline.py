@@ -77,7 +77,8 @@ def default_data_config(name: str = "digits") -> ml_collections.ConfigDict:
     (grain read options, None: 0 / 1 for in-memory sets, 8 / 16 for tfds); mock (tfds sets only:
     random examples of the data set's own shapes and label range from ``tfds.testing.mock_data``,
     MOCK_EXAMPLES per split or data.max_examples if smaller, no files read; for smoke runs and
-    compile checks before the data is prepared).
+    compile checks before the data is prepared); pairs (None, or a directory of a teacher's (sample, noise)
+    pairs, `jaxgen.data.pairs`: they replace the training split, whose batches then also carry 'noise').
     """
     _check_name(name)
     return ml_collections.ConfigDict(dict(
@@ -93,6 +94,7 @@ def default_data_config(name: str = "digits") -> ml_collections.ConfigDict:
         num_threads=None,
         prefetch_buffer_size=None,
         mock=False,
+        pairs=None,
     ))
 
 
@@ -133,6 +135,8 @@ def _resolve(data_config: Mapping[str, Any]) -> ml_collections.ConfigDict:
         raise ValueError(f"data.mock applies to tfds data sets; {cfg.name!r} is bundled (set it to false)")
     if cfg.data_dir is not None and not isinstance(cfg.data_dir, str):
         raise ValueError(f"data.data_dir must be None or a path, got {cfg.data_dir!r}")
+    if cfg.pairs is not None and (not isinstance(cfg.pairs, str) or not cfg.pairs):
+        raise ValueError(f"data.pairs must be None or the path of a pairs directory, got {cfg.pairs!r}")
     if kind != "tfds" and (cfg.image_size is not None or cfg.center_crop is not None):
         raise ValueError(f"data.image_size / data.center_crop apply to tfds images, not {cfg.name!r} (leave them None)")
     return cfg
@@ -154,6 +158,10 @@ class _ArraySplit:
 def _open_split(cfg: ml_collections.ConfigDict, split: str):
     """An object with ``len()`` and ``load(indices) -> {'x': float32, ['label': int32]}``."""
     kind = _kind(cfg.name)
+    if cfg.pairs and split == cfg.split_train:
+        from jaxgen.data.pairs import PairSplit
+
+        return PairSplit(cfg.pairs)
     if kind == "digits":
         return _ArraySplit(digits_lib.digits_split(split))
     if kind == "toy":

@@ -28,7 +28,10 @@ with lambda(t) the weight of the x0-space error |D - x0|^2 (Hang et al. 2023 wri
 
 Training times ('time_sampling'): 'uniform' (t ~ U(t_min, 1); the discrete VP draws its steps i ~ U{1..T} and
 t = i / T, exactly DDPM's L_simple), 'lognormal' (log s ~ N(P_mean, P_std^2) with t the time of that noise level,
-EDM: P_mean = -1.2, P_std = 1.2), 'logit_normal' (t = sigmoid(m + s n), n ~ N(0, 1); Esser et al. 2024: m = 0, s = 1).
+EDM: P_mean = -1.2, P_std = 1.2), 'logit_normal' (t = sigmoid(m + s n), n ~ N(0, 1); Esser et al. 2024: m = 0, s = 1),
+'end' (t = 1 only: with rectified flow's velocity on a teacher's (x0, x1) pairs this is the one-step distillation
+of Liu et al. 2023, |x1 - v(x1, 1) - x0|^2 = |G(x1) - x0|^2 for the generator G(x1) = x1 - v(x1, 1)).
+Reflow (Liu et al. 2023) trains on a teacher's pairs: `eps` = the noise x1 each x0 was generated from.
 """
 from __future__ import annotations
 
@@ -41,12 +44,12 @@ import jax.numpy as jnp
 from jaxgen.diffusion.ddpm import q_sample
 from jaxgen.diffusion.processes import (DiscreteVP, Process, denoiser_from_eps, v_to_x0, velocity_to_x0_eps,
                                         x0_eps_to_v, x0_eps_to_velocity)
-from jaxgen.diffusion.processes import broadcast_to_batch as _bcast
+from jaxgen.diffusion.processes import broadcast_to_batch
 from jaxgen.diffusion.interpolants import velocity_from_denoiser
 
 PREDICTIONS = ("eps", "x0", "v", "velocity", "edm")
 WEIGHTINGS = ("uniform", "snr", "min_snr", "edm")
-TIME_SAMPLINGS = ("uniform", "lognormal", "logit_normal")
+TIME_SAMPLINGS = ("uniform", "lognormal", "logit_normal", "end")
 
 Net = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -74,29 +77,29 @@ class Parameterization:
     def _edm(self, x, t):
         a, s = self.process.alpha_sigma(t)
         c_skip, c_out, c_in, c_noise = edm_preconditioning(s / a, self.sigma_data)
-        return _bcast(1 / a, x) * x, c_skip, c_out, c_in, c_noise
+        return broadcast_to_batch(1 / a, x) * x, c_skip, c_out, c_in, c_noise
 
     def apply(self, net: Net, x, t):
         """The raw network output at (x_t = x, t): net(x, t), or net(c_in x~, c_noise) for 'edm'."""
         if self.prediction != "edm":
             return net(x, t)
         x_tilde, _, _, c_in, c_noise = self._edm(x, t)
-        return net(_bcast(c_in, x) * x_tilde, c_noise)
+        return net(broadcast_to_batch(c_in, x) * x_tilde, c_noise)
 
     def to_x0(self, out, x, t):
         """D(x, t), the x0-prediction, from the network output `out` at (x, t)."""
         a, s = self.process.alpha_sigma(t)
         if self.prediction == "eps":
-            return (x - _bcast(s, x) * out) / _bcast(a, x)
+            return (x - broadcast_to_batch(s, x) * out) / broadcast_to_batch(a, x)
         if self.prediction == "x0":
             return out
         if self.prediction == "v":
-            return v_to_x0(x, out, _bcast(a, x), _bcast(s, x))
+            return v_to_x0(x, out, broadcast_to_batch(a, x), broadcast_to_batch(s, x))
         if self.prediction == "velocity":
             da, ds = self.process.alpha_sigma_dt(t)
-            return velocity_to_x0_eps(x, out, *(_bcast(c, x) for c in (a, s, da, ds)))[0]
+            return velocity_to_x0_eps(x, out, *(broadcast_to_batch(c, x) for c in (a, s, da, ds)))[0]
         x_tilde, c_skip, c_out, _, _ = self._edm(x, t)
-        return _bcast(c_skip, x) * x_tilde + _bcast(c_out, x) * out
+        return broadcast_to_batch(c_skip, x) * x_tilde + broadcast_to_batch(c_out, x) * out
 
     def target(self, x0, eps, x, t):
         """The network's regression target at x = x_t for the pair (x0, eps)."""
@@ -106,12 +109,12 @@ class Parameterization:
             return x0
         a, s = self.process.alpha_sigma(t)
         if self.prediction == "v":
-            return x0_eps_to_v(x0, eps, _bcast(a, x0), _bcast(s, x0))
+            return x0_eps_to_v(x0, eps, broadcast_to_batch(a, x0), broadcast_to_batch(s, x0))
         if self.prediction == "velocity":
             da, ds = self.process.alpha_sigma_dt(t)
-            return x0_eps_to_velocity(x0, eps, _bcast(da, x0), _bcast(ds, x0))
+            return x0_eps_to_velocity(x0, eps, broadcast_to_batch(da, x0), broadcast_to_batch(ds, x0))
         x_tilde, c_skip, c_out, _, _ = self._edm(x, t)
-        return (x0 - _bcast(c_skip, x) * x_tilde) / _bcast(c_out, x)
+        return (x0 - broadcast_to_batch(c_skip, x) * x_tilde) / broadcast_to_batch(c_out, x)
 
     def error_scale(self, t):
         """r(t) with |D - x0| = r(t) |output - target| (per example, shape of t)."""
@@ -150,7 +153,7 @@ def model_fns(net: Net, param: Parameterization) -> ModelFns:
 
     def eps(x, t):
         a, s = process.alpha_sigma(t)
-        return (x - _bcast(a, x) * denoise(x, t)) / _bcast(s, x)
+        return (x - broadcast_to_batch(a, x) * denoise(x, t)) / broadcast_to_batch(s, x)
 
     velocity = (lambda x, t: net(x, t)) if param.prediction == "velocity" else velocity_from_denoiser(denoise, process)
     return ModelFns(eps, denoise, velocity)
@@ -168,6 +171,8 @@ def sample_times(key, process: Process, batch: int, kind: str = "uniform", *, t_
             return process.step_to_time(jax.random.randint(key, (batch,), 1, process.num_steps + 1))
     if kind == "uniform":
         return jax.random.uniform(key, (batch,), jnp.float32, t_min, 1.0)
+    if kind == "end":
+        return jnp.ones((batch,), jnp.float32)
     n = jax.random.normal(key, (batch,), jnp.float32)
     if kind == "lognormal":
         mean, std = (-1.2 if mean is None else mean), (1.2 if std is None else std)
@@ -195,25 +200,26 @@ def loss_weight(weighting: str, param: Parameterization, t, *, gamma: float = 5.
     return lam * param.error_scale(t) ** 2
 
 
-def diffusion_loss(net: Net, param: Parameterization, x0, key, *, weighting: str = "uniform",
+def diffusion_loss(net: Net, param: Parameterization, x0, key, *, eps=None, weighting: str = "uniform",
                    time_sampling: str = "uniform", t_min: float = 1e-3, time_mean: float | None = None,
                    time_std: float | None = None, min_snr_gamma: float = 5.0):
     """L = mean_b w(t_b) mean_dims (output_b - target_b)^2 (module docstring), float32 scalar.
 
-    x0 [B, ...]; one time and one eps per example, from key. For the discrete VP with 'uniform' times, 'eps'
-    prediction and 'uniform' weighting this is DDPM's L_simple, bitwise equal to `ddpm_loss`.
+    x0 [B, ...]; one time and one eps per example, from key (eps given: a coupling such as reflow's pairs).
+    For the discrete VP with 'uniform' times, 'eps' prediction and 'uniform' weighting this is DDPM's L_simple,
+    bitwise equal to `ddpm_loss`.
     """
     k_t, k_eps = jax.random.split(key)
     process = param.process
     batch = x0.shape[0]
+    if eps is None:
+        eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
     if isinstance(process, DiscreteVP) and time_sampling == "uniform":  # on the step grid, as ddpm_loss
         i = jax.random.randint(k_t, (batch,), 1, process.num_steps + 1)
-        eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
         x_t = q_sample(process, x0, i, eps, validate=False)
         t = process.step_to_time(i)
     else:
         t = sample_times(k_t, process, batch, time_sampling, t_min=t_min, mean=time_mean, std=time_std)
-        eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
         x_t = process.marginal(x0, t, eps).astype(x0.dtype)
     out = param.apply(net, x_t, t).astype(jnp.float32)
     target = jax.lax.stop_gradient(param.target(x0, eps, x_t, t)).astype(jnp.float32)

@@ -171,6 +171,25 @@ def sample(fns: ModelFns, process: Process, shape, key, spec: SamplerSpec, *, t_
     return S.ddim_sample(eps_fn, process, shape, key, K, eta=spec.eta, skip=spec.skip, clip_x0=spec.clip_x0)
 
 
+def start_scale(process: Process, spec: SamplerSpec, t_min: float = 1e-3):
+    """sigma at the time the ODE samplers start: x_init = start_scale * x1 for unit Gaussian noise x1."""
+    if spec.sampler in FLOW_SAMPLERS:
+        return process.sigma(jnp.float32(1.0))
+    if spec.sampler in PF_ODE_SAMPLERS:
+        ts, _ = pf_ode_grid(process, spec.steps or process.num_steps, spec.sampler, t_min)
+        return process.sigma(jnp.asarray(ts[0], jnp.float32))
+    raise ValueError(f"a deterministic ODE sampler is needed ({PF_ODE_SAMPLERS + FLOW_SAMPLERS}), got "
+                     f"{spec.sampler!r}")
+
+
+def sample_pair(fns: ModelFns, process: Process, shape, key, spec: SamplerSpec, *, t_min: float = 1e-3, **kwargs):
+    """(x0, x1): unit Gaussian noise x1 from key and the ODE sample x0 integrated from start_scale * x1 (a reflow
+    pair, Liu et al. 2023)."""
+    x1 = jax.random.normal(key, shape)
+    x0 = sample(fns, process, shape, None, spec, t_min=t_min, x_init=start_scale(process, spec, t_min) * x1, **kwargs)
+    return x0, x1
+
+
 def sample_per_example(fns: ModelFns, process: Process, shape, keys, spec: SamplerSpec, **kwargs):
     """`sample` with one key per example (keys [B]): example b depends only on keys[b], so a batch gives the same
     examples however it is split over devices or batches. shape: one example's shape."""

@@ -19,12 +19,15 @@ class Task:
     evaluate(state, key, workdir) -> metrics (and figures under workdir/figures);
     eval_step(state) -> (jitted_fn, args, description): the jitted function `evaluate` spends its time in
     (the sampler, or one batch of the forward pass) with its arguments for `state`, as ShapeDtypeStructs
-    when `state` is abstract (host inputs without a sharding); for compile checks (jaxgen.aot)."""
+    when `state` is abstract (host inputs without a sharding); for compile checks (jaxgen.aot);
+    prepare(workdir, mesh) -> {'data': a data config replacing config.data, 'params': initial parameters}
+    (both optional): work before training, run by every process, e.g. a teacher's reflow pairs."""
 
     init: Callable[[jax.Array], Any]
     train_step: Callable[[Any, dict, jax.Array], tuple[Any, dict]]
     evaluate: Callable[[Any, jax.Array, str], dict]
     eval_step: Callable[[Any], tuple[Callable, tuple, str]] | None = None
+    prepare: Callable[[str, Any], dict] | None = None
 
 
 def available() -> list[str]:

@@ -26,6 +26,13 @@ Config keys beyond the shared ones (`diffusion_config()` / `eval_config()` give 
     `eval/vb_bpd`, the variational bound with the sampler's reverse variance (eval.variance 'beta' / 'beta_tilde';
     'analytic': Analytic-DPM's, from Gamma on all T steps; 'npr' / 'sn': beta_tilde) and the discretised decoder
     (images) or a Gaussian one (vectors). jaxgen.diffusion.likelihood.dataset_vb_bpd / dataset_ode_bpd.
+Reflow and distillation (Liu et al. 2023): `reflow.teacher=WORKDIR` (a trained diffusion workdir) first generates
+reflow.num_pairs (0: the training split's size) (sample, noise) pairs with the teacher's ODE (reflow.sampler /
+reflow.sample_steps, a deterministic sampler), sharded over the mesh in batches of reflow.batch_size per device,
+written as shards to WORKDIR/pairs/ (resumed at the first missing shard), then trains on them instead of the data:
+the (k+1)-RF with diffusion.time_sampling 'uniform', the one-step generator with 'end' (t = 1). The student starts
+from the teacher's weights (reflow.init_from_teacher). Processes 'rf' also log eval/straightness,
+E_t |(x1 - x0) - v(x_t, t)|^2 along the student's own ODE trajectories (0 for straight paths).
 The learned sampler parts are fitted on the frozen (EMA) model at the first evaluation that needs them and cached
 under workdir/sampling/ per checkpoint step and step set. An Inception evaluation saves its running statistics
 after every batch (workdir/eval/), so an interrupted 50,000-sample evaluation resumes from its last batch.
@@ -53,7 +60,8 @@ from jaxgen import data as data_lib
 from jaxgen import diffusion, metrics, paths, viz
 from jaxgen.config import ConfigError
 from jaxgen.diffusion import likelihood, objectives, sampling
-from jaxgen.tasks import Task, dataset_info
+from jaxgen.tasks import ALIASES, Task, dataset_info
+from jaxgen.train import workdir as workdir_lib
 from jaxgen.train.state import eval_params, trainable
 
 MODELS = ("unet", "mlp")
@@ -68,6 +76,15 @@ EVAL_DEFAULTS = dict(num_samples=500, batch_size=128, sampler="ddpm", sample_ste
                      head_steps=1000, amed_iters=200, likelihood=False, likelihood_samples=256)
 
 
+REFLOW_DEFAULTS = dict(teacher="", num_pairs=0, sampler="rk45", sample_steps=0, batch_size=64, init_from_teacher=True)
+
+
+# Workdirs written before these keys existed (or with config.task='ddpm') resume under today's configs.
+workdir_lib.register_defaults("diffusion", DIFFUSION_DEFAULTS)
+workdir_lib.register_defaults("reflow", REFLOW_DEFAULTS)
+workdir_lib.RENAMED_VALUES["task"] = {"ddpm": "diffusion"}
+
+
 def _section(defaults, name, overrides):
     unknown = set(overrides) - set(defaults)
     if unknown:
@@ -78,6 +95,11 @@ def _section(defaults, name, overrides):
 def diffusion_config(**overrides) -> ml_collections.ConfigDict:
     """`config.diffusion` for this task: every key with its default."""
     return _section(DIFFUSION_DEFAULTS, "diffusion", overrides)
+
+
+def reflow_config(**overrides) -> ml_collections.ConfigDict:
+    """`config.reflow` for this task: every key with its default (teacher '' = train on the data)."""
+    return _section(REFLOW_DEFAULTS, "reflow", overrides)
 
 
 def eval_config(**overrides) -> ml_collections.ConfigDict:
@@ -218,7 +240,26 @@ def build(config) -> Task:
 
     def loss_fn(params, extra, batch, key):
         k_drop, k_loss = jax.random.split(key)
-        return objectives.diffusion_loss(net(params, k_drop), param, batch["x"], k_loss, **loss_kwargs), ({}, extra)
+        loss = objectives.diffusion_loss(net(params, k_drop), param, batch["x"], k_loss, eps=batch.get("noise"),
+                                         **loss_kwargs)
+        return loss, ({}, extra)
+
+    rf = ml_collections.ConfigDict(dict(REFLOW_DEFAULTS, **config.get("reflow", {})))
+    teacher = _Teacher(rf, config, info) if rf.teacher else None
+
+    def prepare(workdir, mesh):
+        """Reflow / distillation: the teacher's pairs in WORKDIR/pairs, and its weights to start from."""
+        if teacher is None:
+            return {}
+        pairs_dir = paths.join(workdir, "pairs")
+        params = teacher.generate_pairs(pairs_dir, mesh, rf.num_pairs or info.num_train,
+                                        jax.random.fold_in(jax.random.key(config.seed), 0x7E1))
+        data = ml_collections.ConfigDict(dict(config.data, pairs=pairs_dir))
+        return dict(data=data, params=params) if rf.init_from_teacher else dict(data=data)
+
+    @jax.jit
+    def straightness(params, x1):
+        return jnp.mean(diffusion.straightness(objectives.model_fns(net(params), param).velocity, x1))
 
     @functools.cache
     def train_split():  # loaded once, for the learned sampler parts and the image classifier
@@ -236,6 +277,8 @@ def build(config) -> Task:
                         devices=_local_devices_like(params))
         B = draw.global_batch(params)
         out, shown = score(lambda start: draw(params, aux, k_sample, start), ev.num_samples, B)
+        if d.process == "rf":
+            out["straightness"] = float(straightness(params, jax.random.normal(k_fit, (B,) + tuple(info.shape))))
         if ev.untrained_baseline:  # the same sampler without its learned inputs
             plain = draw.without_learned()
             untrained = jax.device_put(t.init(k_untrained).params, _replicated_like(params))
@@ -262,7 +305,78 @@ def build(config) -> Task:
         start = jax.ShapeDtypeStruct((), jnp.int32)
         return fn, (params, aux, key, start), f"{spec.tag()} sampler, batch {ev.batch_size} per device"
 
-    return Task(init=t.init, train_step=t.train_step(loss_fn), evaluate=evaluate, eval_step=eval_step)
+    return Task(init=t.init, train_step=t.train_step(loss_fn), evaluate=evaluate, eval_step=eval_step,
+                prepare=prepare)
+
+
+class _Teacher:
+    """A trained diffusion workdir as a reflow / distillation teacher (Liu et al. 2023), validated at build."""
+
+    def __init__(self, rf, config, info):
+        self.workdir, self.rf = rf.teacher, rf
+        path = paths.join(rf.teacher, "config.json")
+        if not paths.exists(path):
+            raise ConfigError(f"config.reflow.teacher={rf.teacher!r} is not a training workdir (no config.json); "
+                              f"give the workdir of a trained diffusion run")
+        self.config = _config_from_json(paths.read_text(path))
+        if ALIASES.get(self.config.task, self.config.task) != "diffusion":
+            raise ConfigError(f"config.reflow.teacher={rf.teacher!r} trained task '{self.config.task}', not a "
+                              f"diffusion model")
+        if not any(n.isdigit() for n in paths.listdir(paths.join(rf.teacher, "checkpoints"))):
+            raise ConfigError(f"config.reflow.teacher={rf.teacher!r} has no checkpoint yet; train it first")
+        shape = dataset_info(self.config).shape
+        if tuple(shape) != tuple(info.shape):
+            raise ConfigError(f"config.reflow.teacher={rf.teacher!r} models data of shape {tuple(shape)}, this run's "
+                              f"data has shape {tuple(info.shape)}")
+        if rf.init_from_teacher and (_config_from_json(json.dumps(config.model.to_dict())).to_dict()
+                                     != self.config.model.to_dict()):
+            raise ConfigError(f"config.reflow.init_from_teacher=True needs the teacher's config.model "
+                              f"({self.config.model.to_dict()}); set the same model or reflow.init_from_teacher=False")
+        self.process = make_process(settings(self.config))
+        self.spec = sampling.SamplerSpec(rf.sampler, rf.sample_steps, clip_x0=None)
+        if rf.batch_size < 1 or rf.num_pairs < 0:
+            raise ConfigError(f"config.reflow.batch_size must be >= 1 and num_pairs >= 0, got {rf.batch_size}, "
+                              f"{rf.num_pairs}")
+        try:
+            self.spec.check(self.process)
+            sampling.start_scale(self.process, self.spec)
+        except ValueError as e:
+            raise ConfigError(f"config.reflow: {e}") from None
+
+    def generate_pairs(self, directory, mesh, num_pairs: int, key):
+        """Write the teacher's (x0, x1) pairs as shards of reflow.batch_size x devices (skipping finished shards);
+        returns the teacher's evaluation weights (host arrays)."""
+        from jaxgen.data import pairs as pairs_lib
+
+        t, params, param, _ = _restore(self.config, self.workdir)
+        replicated = NamedSharding(mesh, P())
+        batch_sharding = NamedSharding(mesh, P(mesh.axis_names))
+        B = self.rf.batch_size * mesh.size
+        num = -(-num_pairs // B)
+        done = pairs_lib.num_shards(directory)
+        if done < num:
+            spec, process, shape = self.spec, self.process, tuple(dataset_info(self.config).shape)
+
+            @functools.partial(jax.jit, out_shardings=(batch_sharding, batch_sharding))
+            def generate(params, start):
+                keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(start + jnp.arange(B))
+                keys = jax.lax.with_sharding_constraint(keys, batch_sharding)
+                model = t.module(params)
+                fns = objectives.model_fns(lambda x, tt: model(x, tt), param)
+                one = lambda k: jax.tree.map(lambda a: a[0], sampling.sample_pair(fns, process, (1,) + shape, k,  # noqa: E731
+                                                                                   spec))
+                return jax.vmap(one)(keys)
+
+            on_mesh = jax.device_put(params, replicated)
+            from tqdm import tqdm
+
+            for i in tqdm(range(done, num), initial=done, total=num, desc="reflow pairs", unit="shard",
+                          disable=jax.process_index() != 0):
+                x0, x1 = (_to_host(a)[:num_pairs - i * B] for a in generate(on_mesh, jnp.int32(i * B)))
+                if jax.process_index() == 0:
+                    pairs_lib.write_shard(directory, i, x0, x1)
+            print(f"reflow pairs: {num_pairs} in {directory} ({num - done} shards generated)", flush=True)
+        return jax.device_get(params)
 
 
 class _LearnedParts:
@@ -409,12 +523,26 @@ class _BatchSampler:
 
     def __call__(self, params, aux, key, start: int) -> np.ndarray:
         fn, aux = self.compiled_for(params, aux)
-        out = fn(params, aux, key, jnp.int32(start))
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
+        return _to_host(fn(params, aux, key, jnp.int32(start)))
 
-            return np.asarray(multihost_utils.process_allgather(out, tiled=True))
-        return np.asarray(out)
+
+def _config_from_json(text: str) -> ml_collections.ConfigDict:
+    """A config written as JSON (a workdir's config.json), its lists back as tuples."""
+    def tuples(v):
+        if isinstance(v, list):
+            return tuple(tuples(e) for e in v)
+        return {k: tuples(e) for k, e in v.items()} if isinstance(v, dict) else v
+
+    return ml_collections.ConfigDict(tuples(json.loads(text)))
+
+
+def _to_host(x) -> np.ndarray:
+    """A global array as one NumPy array on every process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
 
 
 class _Scorer:
@@ -575,14 +703,12 @@ def _local_devices_like(tree) -> list:
     return sorted((d for d in devices if d.process_index == jax.process_index()), key=lambda d: d.id)
 
 
-def load_trained(config, workdir: str):
-    """(ModelFns, process, step) of the model in `workdir`'s latest checkpoint (the EMA weights when the config
-    keeps them), on one device: for analyses outside the training loop."""
+def _restore(config, workdir: str):
+    """(Trainable, evaluation params on one device, Parameterization, step) of `workdir`'s latest checkpoint."""
     from jaxgen.train.checkpoint import Checkpointer
 
     info = dataset_info(config)
     d = settings(config)
-    process = make_process(d)
     t = trainable(config, lambda key: make_model(config.model, info, nnx.Rngs(params=key)))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
@@ -595,10 +721,15 @@ def load_trained(config, workdir: str):
         state = ckpt.restore(step, abstract)
     finally:
         ckpt.close()
-    model = t.module(eval_params(state))
-    fns = objectives.model_fns(lambda x, tt: model(x, tt), objectives.Parameterization(process, d.prediction,
-                                                                                      d.sigma_data))
-    return fns, process, step
+    return t, eval_params(state), objectives.Parameterization(make_process(d), d.prediction, d.sigma_data), step
+
+
+def load_trained(config, workdir: str):
+    """(ModelFns, process, step) of the model in `workdir`'s latest checkpoint (the EMA weights when the config
+    keeps them), on one device: for analyses outside the training loop."""
+    t, params, param, step = _restore(config, workdir)
+    model = t.module(params)
+    return objectives.model_fns(lambda x, tt: model(x, tt), param), param.process, step
 
 
 def cached_gamma(path, timesteps, estimate):

@@ -277,13 +277,14 @@ def _train_and_evaluate(config, workdir: str, task) -> dict[str, Any]:
     abstract = jax.eval_shape(task.init, init_key)
     state_sharding = mesh_lib.state_shardings(mesh, abstract, config.mesh.fsdp_min_size)
     batch_sharding = mesh_lib.batch_sharding(mesh)
-    try:
-        iterator = data_lib.make_train_iterator(config.data, global_batch_size=config.train.batch_size,
-                                                seed=config.seed)
-    except ValueError as e:  # unknown dataset, tfds data not prepared, batch not divisible by processes
-        raise ConfigError(str(e)) from None
     resume_step = workdir_lib.prepare_resume(config, workdir, primary=jax.process_index() == 0, abstract=abstract)
     paths.makedirs(workdir)
+    prepared = task.prepare(workdir, mesh) if task.prepare is not None else {}
+    try:
+        iterator = data_lib.make_train_iterator(prepared.get("data", config.data),
+                                                global_batch_size=config.train.batch_size, seed=config.seed)
+    except ValueError as e:  # unknown dataset, tfds data not prepared, batch not divisible by processes
+        raise ConfigError(str(e)) from None
     ckpt = Checkpointer(paths.join(workdir, "checkpoints"), config.train.keep_checkpoints)
     writer = MetricWriter(workdir)
 
@@ -297,6 +298,10 @@ def _train_and_evaluate(config, workdir: str, task) -> dict[str, Any]:
     else:
         start = 0
         state = init_state(task, init_key, state_sharding)
+        if "params" in prepared:  # e.g. a reflow student starts from its teacher's weights
+            put = lambda: jax.device_put(prepared["params"], state_sharding.params)  # noqa: E731
+            # separate buffers: the step donates the state, and one buffer must not be donated twice
+            state = state.replace(params=put(), ema_params=None if state.ema_params is None else put())
     _write_config(config, workdir)  # once the checkpoint has restored under this config
 
     train_step = sharded_train_step(task, state_sharding, batch_sharding, train_key)

@@ -234,12 +234,24 @@ def _allowed(key: str) -> bool:
 _ABSENT = "<absent>"
 
 
+# Defaults of keys a task added after workdirs were written ({dotted key: default}), and old values that mean the
+# same as a new one ({dotted key: {old: new}}, e.g. a renamed task): registered by the task modules.
+ADDED_DEFAULTS: dict = {}
+RENAMED_VALUES: dict = {}
+
+
+def register_defaults(section: str, defaults: dict) -> None:
+    """Declare `config.<section>.<key>` defaults: a workdir written before such a key existed ran with them."""
+    ADDED_DEFAULTS.update({f"{section}.{k}": v for k, v in _flatten(json.loads(json.dumps(defaults))).items()})
+
+
 def _defaults() -> dict:
-    """Flattened defaults of keys jaxgen adds to every config (base_config, and model defaults if any)."""
+    """Flattened defaults of keys jaxgen adds to every config (base_config, model defaults, ADDED_DEFAULTS)."""
     from jaxgen import config as config_lib
 
     out = _flatten(json.loads(config_lib.base_config().to_json_best_effort()))
     out.update({f"model.{k}": v for k, v in getattr(config_lib, "MODEL_DEFAULTS", {}).items()})
+    out.update(ADDED_DEFAULTS)
     return out
 
 
@@ -254,6 +266,7 @@ def config_differences(old: dict, new: dict) -> list[tuple[str, object, object]]
     diffs = []
     for key in sorted(set(a) | set(b)):
         va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
+        va = RENAMED_VALUES.get(key, {}).get(va, va) if isinstance(va, str) else va
         if va == vb or _allowed(key) or (va is _ABSENT and key in defaults and defaults[key] == vb):
             continue
         diffs.append((key, va, vb))
