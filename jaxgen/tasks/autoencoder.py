@@ -40,11 +40,9 @@ from jaxgen import paths, viz
 from jaxgen.config import ConfigError
 from jaxgen.metrics.codebook import codebook_usage, perplexity
 from jaxgen.nets.autoencoder import QuantizedAutoencoder, update_quantizer_state
-from jaxgen.optim import make_optimizer
 from jaxgen.task_configs import QUANTIZERS
 from jaxgen.tasks import Task, dataset_info
-from jaxgen.train.state import (check_supported, create_train_state, eval_params, make_train_step, optimizer_updates,
-                                 with_grad_accum)
+from jaxgen.train.state import check_supported, eval_params, trainable
 
 INITS = ("kmeans++", "batch", "random")
 
@@ -107,15 +105,13 @@ def build(config) -> Task:
     info = dataset_info(config)
     _validate(config, info)
     q = config.quantizer
-    tx_builder, lr_schedule = make_optimizer(config.optimizer, optimizer_updates(config.train))
 
     def new_model(key):
         return make_model(config, info, nnx.Rngs(params=key))
 
-    abstract_model = nnx.eval_shape(lambda: new_model(jax.random.key(0)))
-    graphdef, abstract_params, _ = nnx.split(abstract_model, nnx.Param, ...)
-    codebook_size = abstract_model.codebook_size
-    tx = with_grad_accum(tx_builder(abstract_params), config.train)
+    t = trainable(config, new_model)
+    graphdef = t.graphdef
+    codebook_size = nnx.eval_shape(lambda: new_model(jax.random.key(0))).codebook_size
     is_vq = q.name != "fsq"
     restarts = is_vq and q.restart_every > 0 and q.dead_threshold > 0
 
@@ -126,14 +122,12 @@ def build(config) -> Task:
             # data-dependent codebook from the initial encoder (fixed images: the first of the training split)
             x = data_lib.load_split(config.data, config.data.split_train, max_examples=q.init_examples)["x"]
             model.init_codebook(k_codebook, jnp.asarray(x), method=q.init)
-        _, params, extra = nnx.split(model, nnx.Param, ...)
-        return create_train_state(params, tx, config.ema_decay, extra=extra)
+        return t.state_of(model)
 
     def loss_fn(params, extra, batch, key):
-        model = nnx.merge(graphdef, params, extra)
-        out = model(batch["x"], key=key if config.model.dropout > 0 else None)
-        t = out["loss_terms"]
-        metrics = dict(recon_mse=t["recon"], commitment=t["commitment"], codebook_loss=t["codebook"],
+        out = t.module(params, extra)(batch["x"], key=key if config.model.dropout > 0 else None)
+        terms = out["loss_terms"]
+        metrics = dict(recon_mse=terms["recon"], commitment=terms["commitment"], codebook_loss=terms["codebook"],
                        usage=out["metrics"]["usage"], perplexity=out["metrics"]["perplexity"])
         # the forward pass's encoder outputs and codes travel to post_update (EMA codebook, restarts)
         return out["loss"], (metrics, (extra, {"z_e": out["z_e"], "indices": out["indices"]}))
@@ -153,11 +147,9 @@ def build(config) -> Task:
         return jax.lax.cond((step + 1) % q.restart_every == 0, lambda ops: update(ops, restart=True),
                             lambda ops: update(ops, restart=False), operands)
 
-    train_step = make_train_step(loss_fn, tx, lr_schedule, config.ema_decay, post_update=post_update)
-
     @jax.jit
     def forward(params, extra, x):
-        out = nnx.merge(graphdef, params, extra)(x)
+        out = t.module(params, extra)(x)
         sq_err = jnp.mean(jnp.square(out["recon"] - x), axis=(1, 2, 3))  # per image
         return {"recon": out["recon"], "sq_err": sq_err, "indices": out["indices"]}
 
@@ -190,7 +182,7 @@ def build(config) -> Task:
         x = jax.ShapeDtypeStruct((config.eval.batch_size,) + tuple(info.shape), jnp.float32)
         return forward, (params, state.extra, x), f"forward pass, batch {config.eval.batch_size}"
 
-    return Task(init=init, train_step=train_step, evaluate=evaluate, eval_step=eval_step)
+    return Task(init=init, train_step=t.train_step(loss_fn, post_update), evaluate=evaluate, eval_step=eval_step)
 
 
 def _pyplot():

@@ -148,13 +148,19 @@ class Trainable:
         _, params = nnx.split(self.new_model(key), nnx.Param)
         return create_train_state(params, self.tx, self.ema_decay, extra=extra)
 
+    def state_of(self, model: nnx.Module) -> TrainState:
+        """A fresh TrainState from an initialised network: its nnx.Param as params, any other state (e.g. VQ
+        codebook statistics) as `extra`."""
+        _, params, rest = nnx.split(model, nnx.Param, ...)
+        return create_train_state(params, self.tx, self.ema_decay, extra=rest)
+
     def train_step(self, loss_fn: LossFn, post_update: PostUpdateFn | None = None):
         """`make_train_step` with this optimizer and EMA."""
         return make_train_step(loss_fn, self.tx, self.lr_schedule, self.ema_decay, post_update)
 
-    def module(self, params) -> nnx.Module:
-        """The network with `params` (nnx.merge)."""
-        return nnx.merge(self.graphdef, params)
+    def module(self, params, extra=None) -> nnx.Module:
+        """The network with `params` (and its other state `extra`, when it has any): nnx.merge."""
+        return nnx.merge(self.graphdef, params, *(() if extra is None else (extra,)))
 
 
 def trainable(config, new_model: Callable[[jax.Array], nnx.Module]) -> Trainable:
@@ -163,6 +169,6 @@ def trainable(config, new_model: Callable[[jax.Array], nnx.Module]) -> Trainable
     from jaxgen.optim import make_optimizer
 
     tx_builder, lr_schedule = make_optimizer(config.optimizer, optimizer_updates(config.train))
-    graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: new_model(jax.random.key(0))), nnx.Param)
+    graphdef, abstract_params, _ = nnx.split(nnx.eval_shape(lambda: new_model(jax.random.key(0))), nnx.Param, ...)
     tx = with_grad_accum(tx_builder(abstract_params), config.train)
     return Trainable(new_model, graphdef, abstract_params, tx, lr_schedule, config.ema_decay)
