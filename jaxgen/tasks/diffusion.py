@@ -314,11 +314,7 @@ class _Teacher:
 
     def __init__(self, rf, config, info):
         self.workdir, self.rf = rf.teacher, rf
-        path = paths.join(rf.teacher, "config.json")
-        if not paths.exists(path):
-            raise ConfigError(f"config.reflow.teacher={rf.teacher!r} is not a training workdir (no config.json); "
-                              f"give the workdir of a trained diffusion run")
-        self.config = _config_from_json(paths.read_text(path))
+        self.config = load_workdir_config(rf.teacher, "config.reflow.teacher")
         if ALIASES.get(self.config.task, self.config.task) != "diffusion":
             raise ConfigError(f"config.reflow.teacher={rf.teacher!r} trained task '{self.config.task}', not a "
                               f"diffusion model")
@@ -348,7 +344,7 @@ class _Teacher:
         returns the teacher's evaluation weights (host arrays)."""
         from jaxgen.data import pairs as pairs_lib
 
-        t, params, param, _ = _restore(self.config, self.workdir)
+        t, params, param, _ = restore_trained(self.config, self.workdir)
         replicated = NamedSharding(mesh, P())
         batch_sharding = NamedSharding(mesh, P(mesh.axis_names))
         B = self.rf.batch_size * mesh.size
@@ -524,6 +520,15 @@ class _BatchSampler:
     def __call__(self, params, aux, key, start: int) -> np.ndarray:
         fn, aux = self.compiled_for(params, aux)
         return _to_host(fn(params, aux, key, jnp.int32(start)))
+
+
+def load_workdir_config(workdir: str, key: str = "teacher") -> ml_collections.ConfigDict:
+    """The config a workdir was trained with (its config.json); ConfigError naming `key` when there is none."""
+    path = paths.join(workdir, "config.json")
+    if not paths.exists(path):
+        raise ConfigError(f"{key}={workdir!r} is not a training workdir (no config.json); give the workdir of a "
+                          f"trained diffusion run")
+    return _config_from_json(paths.read_text(path))
 
 
 def _config_from_json(text: str) -> ml_collections.ConfigDict:
@@ -703,8 +708,9 @@ def _local_devices_like(tree) -> list:
     return sorted((d for d in devices if d.process_index == jax.process_index()), key=lambda d: d.id)
 
 
-def _restore(config, workdir: str):
-    """(Trainable, evaluation params on one device, Parameterization, step) of `workdir`'s latest checkpoint."""
+def restore_trained(config, workdir: str):
+    """(Trainable, evaluation params on one device, Parameterization, step) of `workdir`'s latest checkpoint, with
+    `config` that workdir's config (`load_workdir_config`): a teacher for reflow, distillation or consistency."""
     from jaxgen.train.checkpoint import Checkpointer
 
     info = dataset_info(config)
@@ -727,7 +733,7 @@ def _restore(config, workdir: str):
 def load_trained(config, workdir: str):
     """(ModelFns, process, step) of the model in `workdir`'s latest checkpoint (the EMA weights when the config
     keeps them), on one device: for analyses outside the training loop."""
-    t, params, param, step = _restore(config, workdir)
+    t, params, param, step = restore_trained(config, workdir)
     model = t.module(params)
     return objectives.model_fns(lambda x, tt: model(x, tt), param), param.process, step
 
