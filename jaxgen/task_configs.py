@@ -1,10 +1,12 @@
-"""Default configs of the sequence and autoencoder tasks, for config files: plain ConfigDicts, importable
+"""Default configs of the tasks, for config files: plain ConfigDicts, importable
 without the task modules (no network or flax import; the data defaults come from `jaxgen.data`).
 
     seq_classify_config(dataset, ssm)   task 'seq_classify' (jaxgen/tasks/seq_classify.py)
     seq_generate_config(dataset, ssm)   task 'seq_generate'
     seq_copy_config(mode, ssm)          task 'seq_copy'
     autoencoder_config(dataset, quantizer)   task 'autoencoder'
+    diffusion_config(**kw), eval_config(**kw), reflow_config(**kw)   config.diffusion / .eval / .reflow of task
+        'diffusion' (every key with its default), and `config_with_variant` with the SAMPLING_VARIANTS
 
 and the pieces they share: `sequence_model_config` (config.model of a sequence task), `default_ssm_kwargs`,
 `ssm_param_groups`, and the variant parsers of the config files (`ssm_variant`, `quantizer_variant`).
@@ -130,4 +132,72 @@ def autoencoder_config(dataset: str, quantizer: str = "fsq") -> ml_collections.C
         name=quantizer, levels=(8, 5, 5, 5), num_codes=1000, latent_dim=8, beta=0.25, decay=0.99, eps=1e-5,
         cosine=False, dead_threshold=0.0, restart_every=0, init="kmeans++", init_examples=256))
     c.eval = ml_collections.ConfigDict(dict(batch_size=500, num_images=32, usage_on_train=False))
+    return c
+
+
+# ---------------------------------------------------------------------------------------------------------
+# diffusion task (jaxgen/tasks/diffusion.py documents every key)
+
+DIFFUSION_DEFAULTS = dict(process="ddpm", schedule="linear", num_steps=1000, prediction="eps", weighting="uniform",
+                          time_sampling="uniform", time_mean=None, time_std=None, t_min=1e-3, sigma_data=0.5,
+                          min_snr_gamma=5.0)
+EVAL_DEFAULTS = dict(num_samples=500, batch_size=128, sampler="ddpm", sample_steps=0, variance="beta", eta=0.0,
+                     skip="uniform", clip_x0=1.0, pixel_width=None, metric="classifier", fid_stats="",
+                     inception_weights="", untrained_baseline=False, classifier_steps=500, gamma_samples=2000,
+                     head_steps=1000, amed_iters=200, likelihood=False, likelihood_samples=256)
+
+
+REFLOW_DEFAULTS = dict(teacher="", num_pairs=0, sampler="rk45", sample_steps=0, batch_size=64, init_from_teacher=True)
+
+
+def _section(defaults, name, overrides):
+    unknown = set(overrides) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown {name} keys {sorted(unknown)}; accepted: {sorted(defaults)}")
+    return ml_collections.ConfigDict(dict(defaults, **overrides))
+
+
+def diffusion_config(**overrides) -> ml_collections.ConfigDict:
+    """`config.diffusion` of the diffusion task: every key with its default."""
+    return _section(DIFFUSION_DEFAULTS, "diffusion", overrides)
+
+
+def reflow_config(**overrides) -> ml_collections.ConfigDict:
+    """`config.reflow` of the diffusion task: every key with its default (teacher '' = train on the data)."""
+    return _section(REFLOW_DEFAULTS, "reflow", overrides)
+
+
+def eval_config(**overrides) -> ml_collections.ConfigDict:
+    """`config.eval` of the diffusion task: every key with its default."""
+    return _section(EVAL_DEFAULTS, "eval", overrides)
+
+
+# Config-file variants, one per sampling family, at a few-step setting where the families differ
+# ('ddpm' keeps the config's own sampling). E.g. configs/quickstart.py:analytic or :amed,smoke.
+SAMPLING_VARIANTS = {
+    "ddpm": {},
+    "ddim": dict(sampler="ddim", sample_steps=50, eta=0.0),
+    "analytic": dict(sampler="ddpm", variance="analytic", sample_steps=25),
+    "analytic_ddim": dict(sampler="ddim", variance="analytic", sample_steps=25, eta=0.0),
+    "npr": dict(sampler="ddpm", variance="npr", sample_steps=25),
+    "sn": dict(sampler="ddpm", variance="sn", sample_steps=25),
+    "pc": dict(sampler="pc", sample_steps=100),
+    "euler": dict(sampler="euler", sample_steps=50),
+    "heun": dict(sampler="heun", sample_steps=35),
+    "dpm2": dict(sampler="dpm2", sample_steps=10),
+    "amed": dict(sampler="amed", sample_steps=5),
+}
+
+
+def config_with_variant(get_base, arg: str | None):
+    """A diffusion config file's get_config: `arg` is an optional sampling variant (SAMPLING_VARIANTS) and/or
+    'smoke', comma-separated; get_base(smoke) returns the file's config."""
+    from jaxgen.config import parse_variant
+
+    v = parse_variant(arg, {"sampling": tuple(SAMPLING_VARIANTS)}, {"sampling": "ddpm"})
+    c = get_base(v["smoke"])
+    c.eval.update(SAMPLING_VARIANTS[v["sampling"]])
+    if v["smoke"] and v["sampling"] != "ddpm":
+        c.eval.sample_steps = min(c.eval.sample_steps or c.diffusion.num_steps, 5)
+        c.eval.update(gamma_samples=64, head_steps=5, amed_iters=5)
     return c

@@ -60,6 +60,8 @@ from jaxgen import data as data_lib
 from jaxgen import diffusion, metrics, paths, viz
 from jaxgen.config import ConfigError
 from jaxgen.diffusion import likelihood, objectives, sampling
+from jaxgen.task_configs import (DIFFUSION_DEFAULTS, EVAL_DEFAULTS, REFLOW_DEFAULTS, SAMPLING_VARIANTS,  # noqa: F401
+                                 config_with_variant, diffusion_config, eval_config, reflow_config)
 from jaxgen.tasks import ALIASES, Task, dataset_info
 from jaxgen.train import workdir as workdir_lib
 from jaxgen.train.state import eval_params, trainable
@@ -67,75 +69,10 @@ from jaxgen.train.state import eval_params, trainable
 MODELS = ("unet", "mlp")
 PROCESSES = ("ddpm", "vp", "ve", "edm", "rf")
 METRICS = ("classifier", "inception")
-DIFFUSION_DEFAULTS = dict(process="ddpm", schedule="linear", num_steps=1000, prediction="eps", weighting="uniform",
-                          time_sampling="uniform", time_mean=None, time_std=None, t_min=1e-3, sigma_data=0.5,
-                          min_snr_gamma=5.0)
-EVAL_DEFAULTS = dict(num_samples=500, batch_size=128, sampler="ddpm", sample_steps=0, variance="beta", eta=0.0,
-                     skip="uniform", clip_x0=1.0, pixel_width=None, metric="classifier", fid_stats="",
-                     inception_weights="", untrained_baseline=False, classifier_steps=500, gamma_samples=2000,
-                     head_steps=1000, amed_iters=200, likelihood=False, likelihood_samples=256)
-
-
-REFLOW_DEFAULTS = dict(teacher="", num_pairs=0, sampler="rk45", sample_steps=0, batch_size=64, init_from_teacher=True)
-
-
 # Workdirs written before these keys existed (or with config.task='ddpm') resume under today's configs.
 workdir_lib.register_defaults("diffusion", DIFFUSION_DEFAULTS)
 workdir_lib.register_defaults("reflow", REFLOW_DEFAULTS)
 workdir_lib.RENAMED_VALUES["task"] = {"ddpm": "diffusion"}
-
-
-def _section(defaults, name, overrides):
-    unknown = set(overrides) - set(defaults)
-    if unknown:
-        raise ValueError(f"unknown {name} keys {sorted(unknown)}; accepted: {sorted(defaults)}")
-    return ml_collections.ConfigDict(dict(defaults, **overrides))
-
-
-def diffusion_config(**overrides) -> ml_collections.ConfigDict:
-    """`config.diffusion` for this task: every key with its default."""
-    return _section(DIFFUSION_DEFAULTS, "diffusion", overrides)
-
-
-def reflow_config(**overrides) -> ml_collections.ConfigDict:
-    """`config.reflow` for this task: every key with its default (teacher '' = train on the data)."""
-    return _section(REFLOW_DEFAULTS, "reflow", overrides)
-
-
-def eval_config(**overrides) -> ml_collections.ConfigDict:
-    """`config.eval` for this task: every key with its default."""
-    return _section(EVAL_DEFAULTS, "eval", overrides)
-
-
-# Config-file variants, one per sampling family, at a few-step setting where the families differ
-# ('ddpm' keeps the config's own sampling). E.g. configs/quickstart.py:analytic or :amed,smoke.
-SAMPLING_VARIANTS = {
-    "ddpm": {},
-    "ddim": dict(sampler="ddim", sample_steps=50, eta=0.0),
-    "analytic": dict(sampler="ddpm", variance="analytic", sample_steps=25),
-    "analytic_ddim": dict(sampler="ddim", variance="analytic", sample_steps=25, eta=0.0),
-    "npr": dict(sampler="ddpm", variance="npr", sample_steps=25),
-    "sn": dict(sampler="ddpm", variance="sn", sample_steps=25),
-    "pc": dict(sampler="pc", sample_steps=100),
-    "euler": dict(sampler="euler", sample_steps=50),
-    "heun": dict(sampler="heun", sample_steps=35),
-    "dpm2": dict(sampler="dpm2", sample_steps=10),
-    "amed": dict(sampler="amed", sample_steps=5),
-}
-
-
-def config_with_variant(get_base, arg: str | None):
-    """A diffusion config file's get_config: `arg` is an optional sampling variant (SAMPLING_VARIANTS) and/or
-    'smoke', comma-separated; get_base(smoke) returns the file's config."""
-    from jaxgen.config import parse_variant
-
-    v = parse_variant(arg, {"sampling": tuple(SAMPLING_VARIANTS)}, {"sampling": "ddpm"})
-    c = get_base(v["smoke"])
-    c.eval.update(SAMPLING_VARIANTS[v["sampling"]])
-    if v["smoke"] and v["sampling"] != "ddpm":
-        c.eval.sample_steps = min(c.eval.sample_steps or c.diffusion.num_steps, 5)
-        c.eval.update(gamma_samples=64, head_steps=5, amed_iters=5)
-    return c
 
 
 def settings(config) -> ml_collections.ConfigDict:
