@@ -9,10 +9,11 @@ Dormand-Prince RK45 on dx/dt = v(x, t) from t = 1 to 0 (`eval.sampler='rk45'`; `
 --config.eval.sample_steps=K` for K Euler steps), scored by the Fréchet distance in a small digits classifier's
 features (`eval/fd`; `eval/fd_untrained` for the untrained network).
 Measured (this config, seed 0): fd 3.54 (classifier test accuracy 99.7 %) with RK45, below the quickstart's
-DDPM at the same network and budget (fd 5.52 with 250 ancestral steps, 4.11 with 1000). Wall time: an estimate, the
-2-core development machine was shared (load average 8-14): training took 19 min 50 s of wall time but 410 s of
-CPU time, the evaluation (run again on the checkpoint) 2 min 55 s and 74 s; the training step is the quickstart's (same UNet, batch, steps), which
-took 3 min 7 s in all on 2 idle cores, so expect 3-5 min.
+DDPM at the same network and budget (fd 5.52 with 250 ancestral steps, 4.11 with 1000). Wall time: an estimate,
+the 2-core development machine was shared (load average 8-14): training took 19 min 50 s of wall time but 410 s
+of CPU time; the evaluation (run again on the checkpoint, without the untrained baseline) 2 min 55 s, 74 s of
+CPU time. The training step is the quickstart's (same UNet, batch, steps), which took 3 min 7 s in all on 2 idle
+cores, so expect about 3-5 min.
 Variant `:smoke` runs a few steps end to end (used by the tests).
 """
 
