@@ -37,19 +37,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(workdir, devices, *extra):
+# Two runs one after the other in each process of a pair (the CLI's main twice, jax.distributed started once):
+# the uninterrupted reference, then the run that gets the SIGTERM. SEP, on stdout (with the first run's exit
+# status) and stderr, separates them.
+SEP = "=== next run ==="
+MAIN_TWICE = [sys.executable, "-c", "import sys; sys.modules['torch'] = None; from jaxgen import run\n"
+              "first, second, args = sys.argv[1], sys.argv[2], sys.argv[3:]\n"
+              "rc = run.main(['--workdir', first, *args])\n"
+              f"print({SEP!r}, 'exit', rc, flush=True); print({SEP!r}, file=sys.stderr, flush=True)\n"
+              "sys.exit(rc or run.main(['--workdir', second, *args]))"]
+
+
+def _start(workdir, devices, *extra, then=None):
+    """The CLI on `workdir`; with `then`, the CLI's main on `workdir` and then on `then` in one process."""
     env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS="cpu")
     # One persistent compilation cache for every run of the module: restarts load their executables.
     cache = os.path.join(os.path.dirname(os.path.dirname(str(workdir).rstrip("/"))), "multihost_compile_cache")
-    cmd = [*CLI, "--workdir", str(workdir), *ARGS,
-           f"--config.train.compile_cache_dir={cache}", *extra]
+    head = [*CLI, "--workdir", str(workdir)] if then is None else [*MAIN_TWICE, str(workdir), str(then)]
+    cmd = [*head, *ARGS, f"--config.train.compile_cache_dir={cache}", *extra]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _start_pair(workdir):
+def _start_pair(workdir, then=None):
     port = _free_port()
     return [_start(workdir, 4, f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                   "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}") for i in range(2)]
+                   "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}", then=then)
+            for i in range(2)]
 
 
 def _finish(procs, timeout=240):
@@ -85,17 +98,20 @@ def _checkpoints(workdir):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One uninterrupted 2-process run, and one whose process 1 got a SIGTERM (kept unresumed as 'cut0')."""
+    """One uninterrupted 2-process run, and one whose process 1 got a SIGTERM (kept unresumed as 'cut0'): one pair
+    of processes runs both, one after the other (a pair's start costs more CPU than its 24 steps)."""
     base = tmp_path_factory.mktemp("multihost")
-    ref = _start_pair(base / "ref")
-    ref_out = _finish(ref)
-    for p, (_, err) in zip(ref, ref_out):
-        assert p.returncode == 0, err[-3000:]
-    cut = _start_pair(base / "cut")
-    _signal_after_rows(cut, cut[1], base / "cut", signal.SIGTERM)
-    cut_out = _finish(cut)
+    procs = _start_pair(base / "ref", then=base / "cut")
+    _signal_after_rows(procs, procs[1], base / "cut", signal.SIGTERM)
+    ref_out, cut_out = [], []
+    for p, (out, err) in zip(procs, _finish(procs)):
+        assert out.count(SEP) == 1 and err.count(SEP) == 1, f"the reference run failed (exit {p.returncode}): {err[-3000:]}"
+        (ref_o, cut_o), (ref_e, cut_e) = out.split(SEP), err.split(SEP)
+        assert cut_o.startswith(" exit 0\n"), ref_e[-3000:]  # the reference run's exit status
+        ref_out.append((ref_o, ref_e))
+        cut_out.append((cut_o, cut_e))
     shutil.copytree(base / "cut", base / "cut0")
-    return dict(base=base, ref_out=ref_out, cut=cut, cut_out=cut_out)
+    return dict(base=base, ref_out=ref_out, cut=procs, cut_out=cut_out)
 
 
 def test_only_process_zero_prints_progress_and_each_says_which_it_is(runs):
