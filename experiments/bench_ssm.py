@@ -7,10 +7,14 @@ Measured side by side in one run on the default JAX device (float32 / complex64)
 * kernel: computing K (H, L) from the parameters — `naive` (dense powers of the bilinear Ab of the
   2·(N/2)-mode system, lax.scan, O(H L N^2)), `vandermonde_direct` (S4D, ZOH, the (H, N/2, L)
   Vandermonde matrix materialised), `vandermonde` (the same sum blocked into a batched matmul,
-  chunk ≈ sqrt(L)) and `cauchy` (S4 DPLR rank 1, generating function + Woodbury + Cauchy sums +
-  IFFT, O(H L N)); N is the state size (N/2 complex modes + conjugates).
+  chunk ≈ sqrt(L)), `cauchy` (S4 DPLR rank 1, generating function + Woodbury + Cauchy sums +
+  irfft: `kernel_dplr`'s default 'paired' method, each conjugate mode pair summed in real
+  arithmetic at the L/2 + 1 roots a real kernel needs, one real matmul per block of roots) and
+  `cauchy_direct` (the same sums over all 2·(N/2) modes at all L roots in complex arithmetic, the
+  previous implementation); N is the state size (N/2 complex modes + conjugates).
 * layer_fwd_bwd: value and gradient of mean(layer(x)^2) w.r.t. all parameters for a batch of 4:
-  S4D layer (vandermonde), S4 layer (cauchy) and the naive kernel inside the same conv layer.
+  S4D layer (vandermonde), S4 layer (cauchy, default chunk 'auto') and the naive kernel inside the
+  same conv layer.
 * lru: LRU forward and forward+backward with jax.lax.associative_scan vs jax.lax.scan.
 
 Each row: compile_s (lower + compile), time_ms (best of up to 3 calls; 1 call when a call takes
@@ -18,12 +22,21 @@ more than 2 s), peak_mb (XLA's static estimate for the compiled program: argumen
 temporaries), model_gflop (the formula below; multiply-adds only, a complex multiply-add = 8 real
 FLOPs, exp / division / FFT work not counted, so the rate is a lower bound on work done),
 gflops_per_s and frac_of_matmul (against the best float32 matmul rate measured in the same run).
-    naive: 8 H L N^2      vandermonde(_direct): 8 H L N/2      cauchy: 8 H L N (1 + 2r + r^2), r = 1
+    naive: 8 H L N^2      vandermonde(_direct): 8 H L N/2 (one complex multiply-add per channel,
+    position and mode)
+    cauchy: 8 H (L/2)(N/2)(1 + r)^2, r = 1: the matmul of the paired method — per channel, root
+    k <= L/2, mode pair and each of the (1 + r)^2 Cauchy sums, 2 real coefficients times a complex
+    1/den = 4 real multiply-adds (the reciprocals themselves are not counted).
+    cauchy_direct: 8 H L N (1 + r)^2: one complex multiply-add per channel, root, closure mode, sum.
+    (Before the paired method the cauchy rows used the cauchy_direct formula: 4x this one, for 4x
+    the work; the rates of the two methods are each against the work that method does.)
     layer rows: 3x the kernel's (forward + backward) plus the FFT convolution is not counted.
     lru: 8 B L N H (input and output projections) per pass.
 Naive rows are skipped (reason given) when their model FLOPs exceed a budget, direct Vandermonde
-rows when the matrix exceeds 2^26 entries; Cauchy sums are evaluated `chunk` roots at a time so
-that one block holds about 2^22 complex numbers (the chunk is in the row), which bounds memory.
+rows when the matrix exceeds 2^26 entries; Cauchy sums are evaluated `chunk` roots at a time:
+cauchy_direct so that one block holds about 2^22 complex numbers, cauchy with `kernel_dplr`'s
+chunk='auto' (about 2^19 entries, in cache); the chunk is in the row. Writes bench_ssm.json and
+bench_ssm.md (the tables printed at the end, with the S4 / S4D layer time ratio).
 """
 from __future__ import annotations
 
@@ -40,7 +53,7 @@ from flax import nnx
 from jaxgen.ssm import S4, S4D, hippo
 from jaxgen.ssm import kernels as K
 from jaxgen.ssm.lru import lru_apply, lru_init
-from experiments._report import prepare_out, write_json
+from experiments._report import prepare_out, write_json, write_text
 
 BLOCK = 2**22  # complex entries per Cauchy block (chunk = BLOCK // (H N) roots of unity at a time)
 DIRECT_MAX = 2**26  # largest (H, N/2, L) Vandermonde matrix materialised by vandermonde_direct
@@ -111,11 +124,15 @@ def kernel_fn(method, L, chunk):
         return lambda lam, P, B, C, step: naive_kernel(lam, P, B, C, step, L)
     if method.startswith("vandermonde"):
         return lambda lam, P, B, C, step: K.kernel_vandermonde(lam, B, C, step, L, "zoh", chunk=chunk)
-    return lambda lam, P, B, C, step: K.kernel_dplr(lam, P, B, C, step, L, c_is_tilde=True, chunk=chunk)
+    m = "direct" if method == "cauchy_direct" else "paired"
+    return lambda lam, P, B, C, step: K.kernel_dplr(lam, P, B, C, step, L, c_is_tilde=True, chunk=chunk, method=m)
 
 
-def model_gflop(method, H, L, N):
-    per = {"naive": N * N, "vandermonde": N // 2, "vandermonde_direct": N // 2, "cauchy": 4 * N}[method]
+def model_gflop(method, H, L, N, r: int = 1):
+    """Model GFLOP of one kernel evaluation (the formulas in the module docstring)."""
+    if method == "cauchy":
+        return 8 * H * (L / 2) * (N / 2) * (1 + r) ** 2 / 1e9
+    per = {"naive": N * N, "vandermonde": N // 2, "vandermonde_direct": N // 2, "cauchy_direct": N * (1 + r) ** 2}[method]
     return 8 * H * L * per / 1e9
 
 
@@ -139,7 +156,7 @@ def main(argv=None):
     for N in Ns:
         for L in Ls:
             chunks = {"naive": None, "vandermonde_direct": None, "vandermonde": vandermonde_chunk(L),
-                      "cauchy": max(1, BLOCK // (H * N))}
+                      "cauchy": K.dplr_auto_chunk(H, N // 2), "cauchy_direct": max(1, BLOCK // (H * N))}
             params = ssm_params(H, N)
             for method, chunk in chunks.items():
                 row = dict(bench="kernel", method=method, N=N, L=L, H=H, chunk=chunk)
@@ -154,16 +171,16 @@ def main(argv=None):
                     continue
                 row.update(measure(kernel_fn(method, L, chunk), *params))
                 rows.append(rate(row, gflop, peak))
-                print(f"  kernel {method:11s} N={N:4d} L={L:6d}: {row['time_ms']:10.1f} ms ({time.time() - t0:.0f}s)", flush=True)
+                print(f"  kernel {method:13s} N={N:4d} L={L:6d}: {row['time_ms']:10.1f} ms ({time.time() - t0:.0f}s)", flush=True)
 
     # 2. layers: forward + backward
     for N in Ns:
         for L in Ls:
             x = jax.random.normal(jax.random.key(1), (B, L, H))
-            chunks = {"vandermonde": vandermonde_chunk(L), "cauchy": max(1, BLOCK // (H * N)), "naive": None}
+            chunks = {"vandermonde": vandermonde_chunk(L), "cauchy": K.dplr_auto_chunk(H, N // 2), "naive": None}
             layers = {
                 "vandermonde": S4D(H, N, chunk=chunks["vandermonde"], rngs=nnx.Rngs(0)),
-                "cauchy": S4(H, N, l_max=L, chunk=chunks["cauchy"], rngs=nnx.Rngs(0)),
+                "cauchy": S4(H, N, l_max=L, rngs=nnx.Rngs(0)),  # chunk='auto'
                 "naive": S4(H, N, l_max=L, rngs=nnx.Rngs(0)),
             }
             for method, layer in layers.items():
@@ -190,10 +207,10 @@ def main(argv=None):
 
                 row.update(measure(jax.value_and_grad(loss), state, x))
                 rows.append(rate(row, gflop, peak))
-                print(f"  layer  {method:11s} N={N:4d} L={L:6d}: {row['time_ms']:10.1f} ms ({time.time() - t0:.0f}s)", flush=True)
+                print(f"  layer  {method:13s} N={N:4d} L={L:6d}: {row['time_ms']:10.1f} ms ({time.time() - t0:.0f}s)", flush=True)
 
     # 3. LRU: associative scan vs lax.scan
-    N = 256 if not args.quick else 64
+    lru_N = N = 256 if not args.quick else 64
     lp = lru_init(jax.random.key(0), N, H, r_min=0.9, r_max=0.999)
     for L in lru_Ls:
         x = jax.random.normal(jax.random.key(1), (B, L, H))
@@ -209,12 +226,9 @@ def main(argv=None):
 
     write_json(os.path.join(args.out, "bench_ssm.json"), rows)
 
-    def cell(r, key):
-        return "skipped" if "skipped" in r else f"{r[key]:.1f}" if isinstance(r[key], float) else str(r[key])
-
-    print(f"\n### SSM kernels and layers (H = {H}, float32, {device}; matmul peak {peak / 1e9:.1f} GFLOP/s)\n")
-    print("| bench | method | N | L | time_ms | vs naive | compile_s | peak_mb | GFLOP/s | frac of matmul |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    out = [f"### SSM kernels and layers (H = {H}, float32, {device}; matmul peak {peak / 1e9:.1f} GFLOP/s)\n",
+           "| bench | method | N | L | chunk | time_ms | vs naive | compile_s | peak_mb | GFLOP/s | frac of matmul |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for bench in ("kernel", "layer_fwd_bwd"):
         for N in Ns:
             for L in Ls:
@@ -223,20 +237,34 @@ def main(argv=None):
                 for r in group:
                     ratio = "" if "skipped" in naive or "skipped" in r else f"{naive['time_ms'] / r['time_ms']:.1f}x"
                     if "skipped" in r:
-                        print(f"| {bench} | {r['method']} | {N} | {L} | skipped | | | | | |")
+                        out.append(f"| {bench} | {r['method']} | {N} | {L} | | skipped | | | | | |")
                         continue
-                    print(f"| {bench} | {r['method']} | {N} | {L} | {r['time_ms']:.1f} | {ratio} | {r['compile_s']:.2f} | "
-                          f"{r['peak_mb']} | {r['gflops_per_s']:.2f} | {r['frac_of_matmul']:.4f} |")
-    print(f"\n### LRU (N = {N}, H = {H}, batch {B}): associative scan vs lax.scan\n")
-    print("| bench | L | associative_scan ms | lax_scan ms | speed-up | compile_s (assoc / scan) |")
-    print("|---|---|---|---|---|---|")
+                    out.append(f"| {bench} | {r['method']} | {N} | {L} | {r['chunk']} | {r['time_ms']:.1f} | {ratio} | "
+                               f"{r['compile_s']:.2f} | {r['peak_mb']} | {r['gflops_per_s']:.2f} | {r['frac_of_matmul']:.4f} |")
+    out += ["\n### S4 (cauchy) against S4D (vandermonde) and the previous S4 kernel (cauchy_direct)\n",
+            "| N | L | kernel cauchy frac of matmul | kernel cauchy_direct / cauchy time | "
+            "layer S4 ms | layer S4D ms | S4 / S4D layer time |",
+            "|---|---|---|---|---|---|---|"]
+    for N in Ns:
+        for L in Ls:
+            get = lambda bench, m: next(r for r in rows if r["bench"] == bench and r["method"] == m and r["N"] == N and r["L"] == L)  # noqa: E731
+            kc, kd = get("kernel", "cauchy"), get("kernel", "cauchy_direct")
+            s4, s4d = get("layer_fwd_bwd", "cauchy"), get("layer_fwd_bwd", "vandermonde")
+            out.append(f"| {N} | {L} | {kc['frac_of_matmul']:.3f} | {kd['time_ms'] / kc['time_ms']:.1f}x | "
+                       f"{s4['time_ms']:.1f} | {s4d['time_ms']:.1f} | {s4['time_ms'] / s4d['time_ms']:.2f}x |")
+    out += [f"\n### LRU (N = {lru_N}, H = {H}, batch {B}): associative scan vs lax.scan\n",
+            "| bench | L | associative_scan ms | lax_scan ms | speed-up | compile_s (assoc / scan) |",
+            "|---|---|---|---|---|---|"]
     for bench in ("lru_fwd", "lru_fwd_bwd"):
         for L in lru_Ls:
             a = next(r for r in rows if r["bench"] == bench and r["L"] == L and r["method"] == "associative_scan")
             s = next(r for r in rows if r["bench"] == bench and r["L"] == L and r["method"] == "lax_scan")
-            print(f"| {bench} | {L} | {a['time_ms']:.1f} | {s['time_ms']:.1f} | {s['time_ms'] / a['time_ms']:.2f}x | "
-                  f"{a['compile_s']:.2f} / {s['compile_s']:.2f} |")
-    print(f"\nwrote {args.out}/bench_ssm.json in {time.time() - t0:.0f}s")
+            out.append(f"| {bench} | {L} | {a['time_ms']:.1f} | {s['time_ms']:.1f} | {s['time_ms'] / a['time_ms']:.2f}x | "
+                       f"{a['compile_s']:.2f} / {s['compile_s']:.2f} |")
+    text = "\n".join(out) + "\n"
+    print("\n" + text)
+    write_text(os.path.join(args.out, "bench_ssm.md"), text)
+    print(f"wrote {args.out}/bench_ssm.json, bench_ssm.md in {time.time() - t0:.0f}s")
 
 
 if __name__ == "__main__":

@@ -156,3 +156,12 @@ def test_bad_arguments_raise():
         SequenceModel(2, 4, 1, 2, dropout=1.0, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="n_layers"):
         SequenceModel(2, 4, 0, 2, rngs=nnx.Rngs(0))
+
+
+def test_s4_kernel_methods_agree():
+    # the layer's default 'paired' Cauchy kernel and the 'direct' one give the same kernel
+    layer = S4(4, 8, l_max=32, rngs=nnx.Rngs(0))
+    direct = S4(4, 8, l_max=32, kernel_method="direct", rngs=nnx.Rngs(0))
+    close(jax.jit(lambda m: m.kernel(32))(layer), jax.jit(lambda m: m.kernel(32))(direct))
+    with pytest.raises(ValueError, match="kernel_method"):
+        S4(4, 8, l_max=32, kernel_method="fft", rngs=nnx.Rngs(0))

@@ -34,6 +34,7 @@ __all__ = [
     "kernel_naive",
     "kernel_vandermonde",
     "kernel_dplr",
+    "dplr_auto_chunk",
     "c_tilde",
     "c_from_c_tilde",
     "causal_conv",
@@ -129,7 +130,100 @@ def c_from_c_tilde(Ab, Ct, L: int):
     return jnp.linalg.solve(jnp.swapaxes(M, -1, -2), Ct[..., None])[..., 0]
 
 
-def kernel_dplr(Lambda, P, B, C, step, L: int, *, Q=None, conj: bool = True, c_is_tilde: bool = False, chunk=None):
+def _dplr_weights(Lambda, P, Q, B, C, batch):
+    """The four Cauchy sums' mode weights as columns, W (..., N, 1 + 2r + r^2) =
+    [C~_n B_n | C~_n P_{s,n} | conj(Q_{r,n}) B_n | conj(Q_{r,n}) P_{s,n}] (broadcast to `batch`)."""
+    N, r = Lambda.shape[-1], P.shape[-2]
+    Lambda, B, C = (jnp.broadcast_to(x, batch + (N,)) for x in (Lambda, B, C))
+    P, Q = (jnp.broadcast_to(x, batch + (r, N)) for x in (P, Q))
+    Qc = jnp.conj(Q)
+    W = jnp.concatenate(
+        [(C * B)[..., None], jnp.swapaxes(C[..., None, :] * P, -1, -2), jnp.swapaxes(Qc * B[..., None, :], -1, -2),
+         (Qc[..., :, None, :] * P[..., None, :, :]).reshape(batch + (r * r, N)).swapaxes(-1, -2)],
+        axis=-1,
+    )
+    return Lambda, W
+
+
+def _woodbury(S, b, d, r):
+    """K^ = d [k00 - b k01 (I_r + b k11)^{-1} k10] from the stacked Cauchy sums S (..., M, 1 + 2r + r^2)."""
+    k00, k01, k10 = S[..., 0], S[..., 1 : 1 + r], S[..., 1 + r : 1 + 2 * r]
+    if r == 1:  # S4's LegS: a scalar division, no batched tiny solves
+        corr = k01[..., 0] * k10[..., 0] / (1.0 + b * S[..., -1])
+    else:
+        k11 = S[..., 1 + 2 * r :].reshape(S.shape[:-1] + (r, r))
+        M = jnp.eye(r, dtype=S.dtype) + b[..., None, None] * k11
+        corr = jnp.sum(k01 * jnp.linalg.solve(M, k10[..., None])[..., 0], -1)
+    return d * (k00 - b * corr)
+
+
+def _pair_inv(a, e, gamma, sigma, swap: bool = False):
+    """U = [Re u | Im u] (..., N, 2M), u = 1/den, den = (a gamma - sigma)(a gamma + sigma) + i e sigma gamma
+    (swap: [Im u | Re u]).
+
+    Written as one elementwise expression over the 2M-wide layout (the den is computed for both
+    halves) so that XLA emits a single pass with no intermediates; the long root axis is minor, so
+    it vectorises. The difference of squares is factored: nothing cancels beyond the one
+    subtraction near the pole."""
+    M = sigma.shape[-1]
+    gamma2, sigma2 = jnp.concatenate([gamma, gamma], -1), jnp.concatenate([sigma, sigma], -1)
+    re = (jnp.arange(2 * M) < M) != swap
+    g = a[..., :, None] * gamma2[..., None, :]
+    Dr = (g - sigma2) * (g + sigma2)
+    Di = e[..., :, None] * (sigma2 * gamma2)[..., None, :]
+    return jnp.where(re, Dr, -Di) / (Dr * Dr + Di * Di)
+
+
+@jax.custom_vjp
+def _pair_sums(a, e, coef, gamma, sigma):
+    """T (..., 2J, 2M) = coef @ U with U = `_pair_inv`(a, e, gamma, sigma): one real matmul per channel.
+
+    a = |Lambda|, e = -2 Re Lambda (..., N); coef (..., 2J, N); gamma (..., M); sigma (M,) (no gradient).
+    Custom VJP: recomputes U instead of storing it, and writes the elementwise part of the backward
+    pass as one expression over the [Re | Im] layout (autodiff's version split it into many passes)."""
+    return jnp.einsum("...cn,...nm->...cm", coef, _pair_inv(a, e, gamma, sigma))
+
+
+def _pair_sums_fwd(a, e, coef, gamma, sigma):
+    return _pair_sums(a, e, coef, gamma, sigma), (a, e, coef, gamma, sigma)
+
+
+def _pair_sums_bwd(res, G):
+    a, e, coef, gamma, sigma = res
+    M = sigma.shape[0]
+    dcoef = jnp.einsum("...cm,...nm->...cn", G, _pair_inv(a, e, gamma, sigma))
+    # gu = coef^T G (..., N, 2M) is a sum of 2J rank-one terms: written out, XLA fuses it into the
+    # elementwise pass below instead of running a matmul with inner size 2J
+    gr = sum(coef[..., j, :, None] * G[..., j, None, :M] for j in range(coef.shape[-2]))
+    gi = sum(coef[..., j, :, None] * G[..., j, None, M:] for j in range(coef.shape[-2]))
+    g = a[..., :, None] * gamma[..., None, :]
+    Dr = (g - sigma) * (g + sigma)
+    Di = e[..., :, None] * (sigma * gamma)[..., None, :]
+    s = 1.0 / (Dr * Dr + Di * Di)
+    # cotangent of den = -conj(u)^2 (gr + i gi), conj(u)^2 = den^2 / |den|^4 (u = 1/den is holomorphic)
+    p, q = (Dr * Dr - Di * Di) * s * s, 2.0 * Dr * Di * s * s
+    dDr = -(p * gr - q * gi)
+    dDi = -(p * gi + q * gr)
+    # Dr = (a gamma)^2 - sigma^2, Di = e sigma gamma; the reductions as matrix-vector products
+    da = 2.0 * a * jnp.einsum("...nm,...m->...n", dDr, gamma * gamma)
+    de = jnp.einsum("...nm,...m->...n", dDi, sigma * gamma)
+    dgamma = (gamma * jnp.einsum("...nm,...n->...m", dDr, 2.0 * a * a)
+              + sigma * jnp.einsum("...nm,...n->...m", dDi, e))
+    return da, de, dcoef, dgamma, jnp.zeros_like(sigma)
+
+
+_pair_sums.defvjp(_pair_sums_fwd, _pair_sums_bwd)
+
+
+def dplr_auto_chunk(channels: int, modes: int, method: str = "paired") -> int:
+    """kernel_dplr's chunk='auto': roots per block so that a block holds about 2^19 (channel, mode, root)
+    entries (modes = Lambda.shape[-1]; 'direct' counts the closure's 2x modes); a power of two >= 8."""
+    per_root = channels * modes * (1 if method == "paired" else 2)
+    return 2 ** max(3, round(math.log2(max(1, 2**19 // per_root))))
+
+
+def kernel_dplr(Lambda, P, B, C, step, L: int, *, Q=None, conj: bool = True, c_is_tilde: bool = False, chunk=None,
+                method=None):
     """S4 kernel of A = diag(Lambda) - P^T conj(Q) with bilinear discretisation, through Cauchy sums.
 
     At z_k = exp(-2 pi i k/L), with a = 1 - z, b = (d/2)(1 + z) and R = diag(1/(a - b Lambda)):
@@ -139,56 +233,112 @@ def kernel_dplr(Lambda, P, B, C, step, L: int, *, Q=None, conj: bool = True, c_i
     z = -1. C~ = C (I - Ab^L) is formed here from the dense Ab (one O(N^3 log L) power) unless
     c_is_tilde (the layer trains C~ directly, as S4 does). Without the correction, the result is
     the kernel of C (I - Ab^L) instead of C: wrong by the (large) Ab^L term.
+
+    method='direct': R at every root of unity and every mode of the closure, times the weights.
+    method='paired' (the default when conj; needs conj): K is real, so K^ is needed at k = 0..L/2 only,
+    and each mode is summed with its conjugate in real arithmetic. With phi = 2 pi k/L,
+    sigma = 2 sin(phi/2), gamma = d cos(phi/2): a - b Lambda = e^{-i phi/2} (i sigma - gamma Lambda), so
+        w/(a - b La) + conj(w)/(a - b conj La)
+          = e^{i phi/2} [i sigma 2 Re(w) - gamma 2 Re(w conj La)] / [(gamma|La| - sigma)(gamma|La| + sigma) - 2 i sigma gamma Re La],
+    each sum is e^{i phi/2} k~ with k~ = i sigma A - gamma B, where [A | B] = (1/den) @ [2 Re W | 2 Re(W conj La)]
+    is one real matmul, and K^ = d e^{i phi/2} [k~00 - gamma k~01 (I_r + gamma k~11)^{-1} k~10]; K = irfft(K^).
+    Per channel: (L/2 + 1)(N/2 pairs) reciprocals and 8 (L/2)(N/2)(1 + r)^2 real FLOPs of matmul
+    (N here = the closure's 2 x Lambda.shape[-1]); the direct form does 8 L N (1 + r)^2 (complex).
+    Both are elementwise accurate (each Cauchy term to rounding), which S4 needs: the low-rank
+    correction cancels large diagonal-resolvent peaks. (Evaluating the sums as the FFT of a Vandermonde
+    product is exact algebra too but only normwise accurate; in float32 it loses 1e-3 .. 1 relative on
+    HiPPO-LegS kernels.)
     chunk: evaluate `chunk` roots at a time (lax.map over checkpointed blocks: memory O(chunk N)
-    in the forward and the backward pass); None = all L at once.
+    in the forward and the backward pass); None = all at once; 'auto' = blocks of about 2^19
+    (channel, mode, root) entries (a power of two >= 8 roots), which keeps a block in cache.
     Lambda, B, C (..., N); P, Q (..., r, N); step (...). Returns (..., L), real if conj.
     """
+    method = ("paired" if conj else "direct") if method is None else method
+    if method not in ("paired", "direct"):
+        raise ValueError(f"method must be 'paired' or 'direct', got {method!r}")
+    if method == "paired" and not conj:
+        raise ValueError("method='paired' needs conj=True (conjugate mode pairs)")
     Q = P if Q is None else Q
     step = jnp.asarray(step)
+    if not c_is_tilde:
+        Lf, Pf, Qf, Bf, Cf = (conj_closure(x) for x in (Lambda, P, Q, B, C)) if conj else (Lambda, P, Q, B, C)
+        Ab, _ = bilinear_dense(dplr_dense(Lf, Pf, Qf, conj=False), Bf, step)
+        C = c_tilde(Ab, Cf, L)
+        C = C[..., : Lambda.shape[-1]] if conj else C  # C~ of a conjugate-closed system is conjugate-closed
+    r = P.shape[-2]
+    dtype = jnp.result_type(Lambda, P, B, C, 1j)
+    if chunk == "auto":
+        batch = jnp.broadcast_shapes(Lambda.shape[:-1], P.shape[:-2], B.shape[:-1], C.shape[:-1], step.shape)
+        chunk = dplr_auto_chunk(math.prod(batch), Lambda.shape[-1], method)
+
+    def blocked(f, xs):  # f(*xs) -> (..., M) for per-root arrays xs (M,), `chunk` roots at a time
+        n_roots = xs[0].shape[0]
+        if chunk is None or chunk >= n_roots:
+            return f(*xs)
+        n = -(-n_roots // chunk)
+        # pad by repeating the last root: a zero root would divide by 0 and put NaNs into the gradient
+        xs = tuple(jnp.pad(x, (0, n * chunk - n_roots), mode="edge").reshape(n, chunk) for x in xs)
+        # checkpointed: the backward pass recomputes each block instead of storing all (..., L, N)
+        out = jax.lax.map(jax.checkpoint(lambda x: f(*x)), xs)  # (n, ..., chunk)
+        return jnp.moveaxis(out, 0, -2).reshape(out.shape[1:-1] + (n * chunk,))[..., :n_roots]
+
+    if method == "paired":
+        batch = jnp.broadcast_shapes(Lambda.shape[:-1], P.shape[:-2], Q.shape[:-2], B.shape[:-1], C.shape[:-1],
+                                     step.shape)
+        Lambda, W = _dplr_weights(Lambda, P, Q, B, C, batch)
+        W = W.astype(dtype)
+        coef = 2.0 * jnp.swapaxes(jnp.concatenate([W.real, (W * jnp.conj(Lambda)[..., None]).real], -1), -1, -2)
+        st = jnp.broadcast_to(step, batch).astype(coef.dtype)
+        M, J = L // 2 + 1, coef.shape[-2] // 2
+        # the per-root trig is computed here: inside a block XLA would recompute it per (channel, mode, root)
+        half = (jnp.pi / L) * jnp.arange(M, dtype=coef.dtype)  # phi/2
+        sigma, gamma = 2.0 * jnp.sin(half), st[..., None] * jnp.cos(half)
+        a, e = jnp.abs(Lambda), -2.0 * Lambda.real
+        phase = st[..., None] * jnp.exp(1j * half)  # d e^{i phi/2}
+
+        def khat(gamma, sigma, phase):  # one block of roots -> K^ (..., c)
+            T = _pair_sums(a, e, coef, gamma, sigma)  # (..., 2J, 2c): rows [A | B], columns [Re | Im]
+            c = sigma.shape[0]
+            # k~ = i sigma A - gamma B, in real arithmetic on the (..., J, c) layout
+            kr = -sigma * T[..., :J, c:] - gamma[..., None, :] * T[..., J:, :c]
+            ki = sigma * T[..., :J, :c] - gamma[..., None, :] * T[..., J:, c:]
+            if r == 1:  # K^ = d e^{i phi/2} [k00 - gamma k01 k10 / (1 + gamma k11)], written out
+                nr = kr[..., 1, :] * kr[..., 2, :] - ki[..., 1, :] * ki[..., 2, :]
+                ni = kr[..., 1, :] * ki[..., 2, :] + ki[..., 1, :] * kr[..., 2, :]
+                dr, di = 1.0 + gamma * kr[..., 3, :], gamma * ki[..., 3, :]
+                inv = gamma / (dr * dr + di * di)
+                xr = kr[..., 0, :] - inv * (nr * dr + ni * di)
+                xi = ki[..., 0, :] - inv * (ni * dr - nr * di)
+                return jax.lax.complex(xr, xi) * phase
+            return _woodbury(jnp.swapaxes(jax.lax.complex(kr, ki), -1, -2), gamma, phase, r)
+
+        c = M if chunk is None else min(chunk, M)
+        nb = -(-M // c)
+        if nb == 1:
+            Khat = khat(gamma, sigma, phase)
+        else:  # pad by repeating the last root (a zero root would divide by 0 and put NaNs in the gradient)
+            pad = lambda x: jnp.moveaxis(  # noqa: E731
+                jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, nb * c - M)], mode="edge").reshape(x.shape[:-1] + (nb, c)), -2, 0)
+            # small blocks stay in cache; checkpointed: the backward pass keeps only each block's inputs
+            Khat = jax.lax.map(jax.checkpoint(lambda x: khat(*x)), (pad(gamma), pad(sigma), pad(phase)))  # (nb, ..., c)
+            Khat = jnp.moveaxis(Khat, 0, -2).reshape(batch + (nb * c,))[..., :M]
+        return jnp.fft.irfft(Khat, n=L, axis=-1)
+
     if conj:
         Lambda, P, Q, B, C = (conj_closure(x) for x in (Lambda, P, Q, B, C))
-    if not c_is_tilde:
-        Ab, _ = bilinear_dense(dplr_dense(Lambda, P, Q, conj=False), B, step)
-        C = c_tilde(Ab, C, L)
     batch = jnp.broadcast_shapes(Lambda.shape[:-1], P.shape[:-2], Q.shape[:-2], B.shape[:-1], C.shape[:-1])
-    N, r = Lambda.shape[-1], P.shape[-2]
-    Lambda, B, C = (jnp.broadcast_to(x, batch + (N,)) for x in (Lambda, B, C))
-    P, Q = (jnp.broadcast_to(x, batch + (r, N)) for x in (P, Q))
-    Qc = jnp.conj(Q)
-    dtype = jnp.result_type(Lambda, P, B, C, 1j)
     # the four Cauchy sums share R: stack their weights as columns and take one matmul
-    # W = [C~ B | C~ P_s | conj(Q_r) B | conj(Q_r) P_s]  (..., N, 1 + 2r + r^2)
-    W = jnp.concatenate(
-        [(C * B)[..., None], jnp.swapaxes(C[..., None, :] * P, -1, -2), jnp.swapaxes(Qc * B[..., None, :], -1, -2),
-         (Qc[..., :, None, :] * P[..., None, :, :]).reshape(batch + (r * r, N)).swapaxes(-1, -2)],
-        axis=-1,
-    ).astype(dtype)
+    Lambda, W = _dplr_weights(Lambda, P, Q, B, C, batch)
+    W = W.astype(dtype)
     d = step.astype(dtype)[..., None]
 
     def khat(z):  # K^ at the roots of unity z (M,) -> (..., M)
         a = 1.0 - z
         b = 0.5 * d * (1.0 + z)
         R = 1.0 / (a[..., :, None] - b[..., :, None] * Lambda[..., None, :])
-        S = jnp.einsum("...mn,...nk->...mk", R, W)
-        k00, k01, k10 = S[..., 0], S[..., 1 : 1 + r], S[..., 1 + r : 1 + 2 * r]
-        if r == 1:  # S4's LegS: a scalar division, no batched tiny solves
-            corr = k01[..., 0] * k10[..., 0] / (1.0 + b * S[..., -1])
-        else:
-            k11 = S[..., 1 + 2 * r :].reshape(S.shape[:-1] + (r, r))
-            M = jnp.eye(r, dtype=dtype) + b[..., None, None] * k11
-            corr = jnp.sum(k01 * jnp.linalg.solve(M, k10[..., None])[..., 0], -1)
-        return d * (k00 - b * corr)
+        return _woodbury(jnp.einsum("...mn,...nk->...mk", R, W), b, d, r)
 
-    z_all = jnp.exp((-2j * jnp.pi / L) * jnp.arange(L)).astype(dtype)
-    if chunk is None or chunk >= L:
-        Khat = khat(z_all)
-    else:
-        n = -(-L // chunk)
-        z_pad = jnp.concatenate([z_all, jnp.zeros(n * chunk - L, dtype)]).reshape(n, chunk)
-        # checkpointed: the backward pass recomputes each block's R instead of storing all (..., L, N)
-        Khat = jax.lax.map(jax.checkpoint(khat), z_pad)  # (n, ..., chunk)
-        Khat = jnp.moveaxis(Khat, 0, -2).reshape(Khat.shape[1:-1] + (n * chunk,))[..., :L]
-    K = jnp.fft.ifft(Khat, axis=-1)
+    K = jnp.fft.ifft(blocked(khat, (jnp.exp((-2j * jnp.pi / L) * jnp.arange(L)).astype(dtype),)), axis=-1)
     return K.real if conj else K
 
 

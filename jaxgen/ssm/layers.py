@@ -150,14 +150,18 @@ class S4(_SSMBase):
 
     Args: d_model (H), N (state size, even; N//2 modes + conjugates), l_max (longest sequence; the
     trained C~ is tied to it), measure 'legs' | 'legt', step_min / step_max, chunk (evaluate the
-    Cauchy sums `chunk` roots of unity at a time: bounds memory; None = all at once).
+    Cauchy sums `chunk` roots of unity at a time: bounds memory; None = all at once; 'auto' = blocks
+    that fit in cache), kernel_method ('paired' (default) | 'direct', see `kernels.kernel_dplr`).
     Inputs may be shorter than l_max (the length-l_max kernel is truncated, which is exact).
     """
 
     def __init__(self, d_model: int, N: int = 64, *, l_max: int, measure: str = "legs",
-                 step_min: float = 1e-3, step_max: float = 1e-1, chunk=None, rngs: nnx.Rngs):
+                 step_min: float = 1e-3, step_max: float = 1e-1, chunk="auto", kernel_method: str = "paired",
+                 rngs: nnx.Rngs):
         _check_N_even(N)
         _check_steps(step_min, step_max)
+        if kernel_method not in ("paired", "direct"):
+            raise ValueError(f"kernel_method must be 'paired' or 'direct', got {kernel_method!r}")
         if not isinstance(l_max, (int, np.integer)) or l_max < 1:
             raise ValueError(f"l_max must be an integer >= 1, got {l_max!r}")
         if measure not in ("legs", "legt"):
@@ -168,6 +172,7 @@ class S4(_SSMBase):
         # Re Lambda = 0 for LegT's normal part; S4 clamps it so the log transform is finite
         re = np.minimum(lam.real, -1e-4)
         self.d_model, self.N, self.l_max, self.rank, self.chunk = d_model, N, int(l_max), P.shape[0], chunk
+        self.kernel_method = kernel_method
         tile = lambda v: np.broadcast_to(v, (H,) + v.shape)  # noqa: E731
         self.A_re = nnx.Param(_f32(tile(np.log(-re))))
         self.A_im = nnx.Param(_f32(tile(lam.imag)))
@@ -192,7 +197,8 @@ class S4(_SSMBase):
         if L > self.l_max:
             raise ValueError(f"sequence length must be <= l_max={self.l_max}, got {L}")
         lam, P, B, Ct = self._parts()
-        return kernel_dplr(lam, P, B, Ct, self._step(), self.l_max, c_is_tilde=True, chunk=self.chunk)[..., :L]
+        return kernel_dplr(lam, P, B, Ct, self._step(), self.l_max, c_is_tilde=True, chunk=self.chunk,
+                           method=self.kernel_method)[..., :L]
 
     def __call__(self, x_BLH, *, key=None):
         chex.assert_rank(x_BLH, 3)
