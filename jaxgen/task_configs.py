@@ -144,7 +144,8 @@ DIFFUSION_DEFAULTS = dict(process="ddpm", schedule="linear", num_steps=1000, pre
 EVAL_DEFAULTS = dict(num_samples=500, batch_size=128, sampler="ddpm", sample_steps=0, variance="beta", eta=0.0,
                      skip="uniform", clip_x0=1.0, pixel_width=None, metric="classifier", fid_stats="",
                      inception_weights="", untrained_baseline=False, classifier_steps=500, gamma_samples=2000,
-                     head_steps=1000, amed_iters=200, likelihood=False, likelihood_samples=256)
+                     head_steps=1000, amed_iters=200, likelihood=False, likelihood_samples=256,
+                     precision_recall=0)
 
 
 REFLOW_DEFAULTS = dict(teacher="", num_pairs=0, sampler="rk45", sample_steps=0, batch_size=64, init_from_teacher=True)

@@ -107,6 +107,7 @@ def test_diverged_samples_score_inf_with_a_warning(capsys):
     ({"diffusion.time_sampling": "beta"}, "config.diffusion.time_sampling must be one of"),
     ({"eval.metric": "inception"}, "config.eval.metric='inception' needs images"),
     ({"eval.batch_size": "0"}, "config.eval.batch_size must be >= 1"),
+    ({"eval.precision_recall": "5"}, "with eval.metric='inception', got 5 with 'classifier'"),
 ])
 def test_bad_sampling_settings_are_named(overrides, match):
     config = config_lib.load_config(TOY + ":smoke")
@@ -186,12 +187,14 @@ def test_inception_metric_scores_and_resumes_from_its_saved_state(tmp_path):
     config = config_lib.load_config(QUICKSTART + ":smoke")
     config_lib.apply_overrides(config, [("eval.metric", "inception"), ("eval.inception_weights", str(tmp_path / "w.pth")),
                                         ("eval.fid_stats", str(tmp_path / "ref.npz")), ("eval.num_samples", "10"),
-                                        ("eval.batch_size", "10"), ("eval.untrained_baseline", "False")])
+                                        ("eval.batch_size", "10"), ("eval.untrained_baseline", "False"),
+                                        ("eval.precision_recall", "10")])
     task = task_lib.build(config)
     state = task.init(jax.random.key(0))
     workdir = str(tmp_path / "run")
     out = task.evaluate(state, jax.random.key(1), workdir)
     assert np.isfinite(out["fid"]) and out["fid"] > 0 and out["is"] >= 1.0
+    assert 0 <= out["precision"] <= 1 and 0 <= out["recall"] <= 1
     saved = os.path.join(workdir, "eval", "inception_ddpm-KT-beta_step0.npz")
     with np.load(saved) as f:
         assert int(f["batch"]) == 1 and int(f["global_batch"]) == 10  # 10 samples: one batch of 10 on 1 device

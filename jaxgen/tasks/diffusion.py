@@ -16,7 +16,8 @@ Config keys beyond the shared ones (`diffusion_config()` / `eval_config()` give 
   eval.metric: images are scored by the Fréchet distance in the features of a small classifier trained on the
     same dataset ('classifier': eval/fd) or of the FID Inception-v3 ('inception': eval/fid and eval/is, against
     eval.fid_stats, an .npz of (mu, sigma), else the test split's statistics; eval.inception_weights, default:
-    the published file, downloaded once); 2-D data by sliced W2 and MMD against the test split (eval/sw2, eval/mmd);
+    the published file, downloaded once; eval.precision_recall = N > 0 adds precision and recall, k = 3, against the
+    first N test images: eval/precision, eval/recall); 2-D data by sliced W2 and MMD against the test split (eval/sw2, eval/mmd);
   eval.untrained_baseline (also score a freshly initialised network), eval.classifier_steps, eval.gamma_samples
     (Analytic-DPM's Gamma), eval.head_steps (SN/NPR heads), eval.amed_iters (AMED predictor);
   eval.likelihood (default False): also the test split's negative log-likelihood in bits/dim, on the first
@@ -147,6 +148,9 @@ def _validate(config, d, info) -> None:
         sampling.SamplerSpec.from_config(ev).check(make_process(d))
     except ValueError as e:
         raise ConfigError(f"config.eval: {e}") from None
+    if ev.get("precision_recall", 0) and (ev.get("precision_recall", 0) < 4 or ev.get("metric") != "inception"):
+        raise ConfigError(f"config.eval.precision_recall (test images to compare with, k = 3) must be 0 or >= 4 "
+                          f"with eval.metric='inception', got {ev.precision_recall} with '{ev.get('metric')}'")
     for name in ("gamma_samples", "head_steps", "amed_iters", "batch_size"):
         if ev.get(name, 1) < 1:
             raise ConfigError(f"config.eval.{name} must be >= 1, got {ev[name]}")
@@ -199,6 +203,10 @@ def build(config) -> Task:
         return jnp.mean(diffusion.straightness(objectives.model_fns(net(params), param).velocity, x1))
 
     @functools.cache
+    def inception_refs(devices):  # the network and the real data's features: once per run, not per evaluation
+        return _InceptionRefs(config, ev, list(devices))
+
+    @functools.cache
     def train_split():  # loaded once, for the learned sampler parts and the image classifier
         return data_lib.load_split(config.data, config.data.split_train)
 
@@ -211,7 +219,7 @@ def build(config) -> Task:
         aux = learned.inputs(params, k_fit, paths.join(workdir, "sampling"), int(state.step))
         tag = spec.tag()
         score = _Scorer(config, ev, info, k_metric, train_split, workdir, tag, int(state.step),
-                        devices=_local_devices_like(params))
+                        inception=inception_refs(tuple(_local_devices_like(params))))
         B = draw.global_batch(params)
         out, shown = score(lambda start: draw(params, aux, k_sample, start), ev.num_samples, B)
         if d.process == "rf":
@@ -491,9 +499,9 @@ class _Scorer:
     """score(draw_from, n) -> (metrics, the first 64 samples): draws n samples batch by batch (draw_from(start))
     and scores them against the test split, keeping one batch at a time for images."""
 
-    def __init__(self, config, ev, info, key, train_split, workdir, tag, step, devices=None):
+    def __init__(self, config, ev, info, key, train_split, workdir, tag, step, inception=None):
         self.config, self.ev, self.info, self.key, self.train_split = config, ev, info, key, train_split
-        self.devices = devices  # this process's devices of the model's mesh (the Inception network runs there)
+        self.inception = inception  # an _InceptionRefs for eval.metric = 'inception'
         self.state_path = paths.join(workdir, "eval", f"inception_{tag}_step{step}.npz")
 
     def __call__(self, draw_from, n, batch, resumable=True):
@@ -529,28 +537,51 @@ class _Scorer:
         return {"fd": float(fd), "classifier_test_accuracy": float(accuracy)}, shown
 
     def _inception(self, draw_from, n, batch, resumable):
-        from jaxgen.metrics import fid, inception
+        from jaxgen.metrics import fid
 
-        ev = self.ev
-        extractor = fid.InceptionExtractor(inception.load_fid_inception(ev.inception_weights or None),
-                                           batch_size_per_device=ev.batch_size, devices=self.devices)
-        ref = fid.load_stats(ev.fid_stats) if ev.fid_stats else self._test_stats(extractor)
+        refs = self.inception
         state = _read_state(self.state_path) if resumable else None
         if state is not None and int(state.pop("global_batch")) != batch:  # batch i starts at i * batch
             print(f"{self.state_path} was written with another global batch size; evaluating from the start",
                   flush=True)
             state = None
         on_batch = (lambda st: _write_state(self.state_path, dict(st, global_batch=batch))) if resumable else None
-        out = fid.sample_and_score(lambda _, i: draw_from(i * batch), n, extractor, key=self.key, ref_stats=ref,
-                                   state=state, on_batch=on_batch, progress=jax.process_index() == 0)
+        out = fid.sample_and_score(lambda _, i: draw_from(i * batch), n, refs.extractor, key=self.key,
+                                   ref_stats=refs.stats(), real_features=refs.real_features(), state=state,
+                                   on_batch=on_batch, progress=jax.process_index() == 0)
         shown = draw_from(0)[:64]  # the figure's samples (recomputed: the loop keeps no images)
-        return {"fid": float(out["fid"]), "is": float(out["is_mean"]), "is_std": float(out["is_std"])}, shown
+        scores = {"fid": float(out["fid"]), "is": float(out["is_mean"]), "is_std": float(out["is_std"])}
+        scores.update({k: float(out[k]) for k in ("precision", "recall") if k in out})
+        return scores, shown
 
-    def _test_stats(self, extractor):
-        from jaxgen.metrics import fid_stats
 
-        stats = fid_stats.split_stats(self.config.data, self.config.data.split_test, extractor)
+class _InceptionRefs:
+    """The FID Inception network on this process's devices of the model's mesh, the reference statistics
+    (eval.fid_stats, else the test split's) and, for precision / recall (Kynkaenniemi et al. 2019, k = 3), the first
+    eval.precision_recall test images' features; each computed once and kept for the run's evaluations."""
+
+    def __init__(self, config, ev, devices):
+        from jaxgen.metrics import fid, inception
+
+        self.config, self.ev = config, ev
+        self.extractor = fid.InceptionExtractor(inception.load_fid_inception(ev.inception_weights or None),
+                                                batch_size_per_device=ev.batch_size, devices=devices)
+
+    @functools.cache
+    def stats(self):
+        from jaxgen.metrics import fid, fid_stats
+
+        if self.ev.fid_stats:
+            return fid.load_stats(self.ev.fid_stats)
+        stats = fid_stats.split_stats(self.config.data, self.config.data.split_test, self.extractor)
         return stats.mu, stats.sigma
+
+    @functools.cache
+    def real_features(self):
+        if not self.ev.precision_recall:
+            return None
+        test = data_lib.load_split(self.config.data, self.config.data.split_test, max_examples=self.ev.precision_recall)
+        return self.extractor(test["x"])[0]
 
 
 def _likelihood_bpd(x, process, d, fns, info, batch, sharding, key, vb_variance) -> dict:
@@ -699,3 +730,14 @@ def cached_pytree(path, abstract, fit):
         checkpointer.wait_until_finished()
     return value
 
+
+
+# Public for the one-step and few-step generator tasks (consistency, shortcut, SiD; jaxgen/tasks/_one_step.py),
+# which draw and score their samples as this task does: Scorer(config, ev, info, key, train_split, workdir, tag,
+# step, ...)(draw_from, n, batch) -> (metrics, the first 64 samples); to_host(global array) -> NumPy on every
+# process; batch_sharding_like / local_devices_like(params): the batch sharding / this process's devices of the
+# mesh holding params.
+Scorer = _Scorer
+to_host = _to_host
+batch_sharding_like = _batch_sharding_like
+local_devices_like = _local_devices_like
