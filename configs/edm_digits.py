@@ -19,7 +19,7 @@ import ml_collections
 
 from jaxgen.config import base_config, smoke_train
 from jaxgen.data import default_data_config
-from jaxgen.tasks.diffusion import config_with_variant, diffusion_config, eval_config
+from jaxgen.task_configs import config_with_variant, diffusion_config, eval_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

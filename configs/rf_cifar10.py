@@ -25,17 +25,27 @@ Target slice: v5e-8 (8 chips, one host). Check that it compiles and fits without
     python -m jaxgen.aot --config configs/rf_cifar10.py --topology v5e-8
 (the train step is ddpm_cifar10's with another target, whose measured bound is in that config's docstring;
 this config was not compiled for the slice here).
+
+Reflow and distillation (Liu et al. 2023), each a run of its own on the previous workdir (the teacher):
+    python -m jaxgen.run --config configs/rf_cifar10.py:reflow --workdir runs/rf_cifar10_2rf --config.reflow.teacher=runs/rf_cifar10
+    python -m jaxgen.run --config configs/rf_cifar10.py:distill --workdir runs/rf_cifar10_distill \
+        --config.reflow.teacher=runs/rf_cifar10_2rf
+The teacher's (sample, noise) pairs (RK45 on its ODE, reflow.num_pairs = the training split's size by default) are
+written to WORKDIR/pairs/ first; the student starts from the teacher's weights. `eval/straightness` is logged.
 """
 
 import ml_collections
 
-from jaxgen.config import base_config, parse_variant
+from jaxgen.config import base_config
 from jaxgen.data import default_data_config
-from jaxgen.tasks.diffusion import diffusion_config, eval_config
+from jaxgen.task_configs import diffusion_config, eval_config, flow_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    smoke = parse_variant(arg, {}, {})["smoke"]
+    return flow_config(_config, arg)
+
+
+def _config(smoke: bool) -> ml_collections.ConfigDict:
     c = base_config()
     c.task = "diffusion"
     c.data = default_data_config("cifar10")

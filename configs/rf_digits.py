@@ -15,17 +15,27 @@ of CPU time; the evaluation (run again on the checkpoint, without the untrained 
 CPU time. The training step is the quickstart's (same UNet, batch, steps), which took 3 min 7 s in all on 2 idle
 cores, so expect about 3-5 min.
 Variant `:smoke` runs a few steps end to end (used by the tests).
+
+Reflow and distillation (Liu et al. 2023), each a run of its own on the previous workdir (the teacher):
+    python -m jaxgen.run --config configs/rf_digits.py:reflow --workdir runs/rf_digits_2rf --config.reflow.teacher=runs/rf_digits
+    python -m jaxgen.run --config configs/rf_digits.py:distill --workdir runs/rf_digits_distill \
+        --config.reflow.teacher=runs/rf_digits_2rf
+The teacher's (sample, noise) pairs (RK45 on its ODE, reflow.num_pairs = the training split's size by default) are
+written to WORKDIR/pairs/ first; the student starts from the teacher's weights. `eval/straightness` is logged.
 """
 
 import ml_collections
 
-from jaxgen.config import base_config, parse_variant, smoke_train
+from jaxgen.config import base_config, smoke_train
 from jaxgen.data import default_data_config
-from jaxgen.tasks.diffusion import diffusion_config, eval_config
+from jaxgen.task_configs import diffusion_config, eval_config, flow_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    smoke = parse_variant(arg, {}, {})["smoke"]
+    return flow_config(_config, arg)
+
+
+def _config(smoke: bool) -> ml_collections.ConfigDict:
     c = base_config()
     c.task = "diffusion"
     c.data = default_data_config("digits")

@@ -11,17 +11,27 @@ Measured (this config, seed 0): sw2 0.078, mmd 0.020 with RK45; the untrained ne
 on all 1000 steps) with the same network and budget. The whole command took 4 min 29 s of wall time on a 2-core
 CPU shared with other jobs (load average 6-14; 105 s of CPU time), so expect about 1-2 min on an idle one.
 Variant `:smoke` runs a few steps end to end (used by the tests).
+
+Reflow and distillation (Liu et al. 2023), each a run of its own on the previous workdir (the teacher):
+    python -m jaxgen.run --config configs/rf_toy2d.py:reflow --workdir runs/rf_toy2d_2rf --config.reflow.teacher=runs/rf_toy2d
+    python -m jaxgen.run --config configs/rf_toy2d.py:distill --workdir runs/rf_toy2d_distill \
+        --config.reflow.teacher=runs/rf_toy2d_2rf
+The teacher's (sample, noise) pairs (RK45 on its ODE, reflow.num_pairs = the training split's size by default) are
+written to WORKDIR/pairs/ first; the student starts from the teacher's weights. `eval/straightness` is logged.
 """
 
 import ml_collections
 
-from jaxgen.config import base_config, parse_variant, smoke_train
+from jaxgen.config import base_config, smoke_train
 from jaxgen.data import default_data_config
-from jaxgen.tasks.diffusion import diffusion_config, eval_config
+from jaxgen.task_configs import diffusion_config, eval_config, flow_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    smoke = parse_variant(arg, {}, {})["smoke"]
+    return flow_config(_config, arg)
+
+
+def _config(smoke: bool) -> ml_collections.ConfigDict:
     c = base_config()
     c.task = "diffusion"
     c.data = default_data_config("gmm_grid")

@@ -202,3 +202,23 @@ def config_with_variant(get_base, arg: str | None):
         c.eval.sample_steps = min(c.eval.sample_steps or c.diffusion.num_steps, 5)
         c.eval.update(gamma_samples=64, head_steps=5, amed_iters=5)
     return c
+
+
+FLOW_VARIANTS = ("train", "reflow", "distill")
+
+
+def flow_config(get_base, arg: str | None):
+    """A rectified-flow config file's get_config: `arg` names 'reflow' or 'distill' (Liu et al. 2023) and/or
+    'smoke'; get_base(smoke) returns the file's config. Both variants need the teacher's workdir:
+    `--config.reflow.teacher=WORKDIR` (the k-RF); 'reflow' trains the (k+1)-RF on its pairs, 'distill' the one-step
+    generator (t = 1 only, sampled with one Euler step)."""
+    v = parse_variant(arg, {"stage": FLOW_VARIANTS}, {"stage": "train"})
+    c = get_base(v["smoke"])
+    if v["stage"] != "train":
+        c.reflow = reflow_config(sampler="flow_euler" if v["smoke"] else "rk45", sample_steps=3 if v["smoke"] else 0)
+        if v["smoke"]:
+            c.reflow.update(num_pairs=64, batch_size=2)
+    if v["stage"] == "distill":
+        c.diffusion.time_sampling = "end"
+        c.eval.update(sampler="flow_euler", sample_steps=1)
+    return c

@@ -186,6 +186,9 @@ def build(config) -> Task:
         return loss, ({}, extra)
 
     rf = ml_collections.ConfigDict(dict(REFLOW_DEFAULTS, **config.get("reflow", {})))
+    if "reflow" in config and not rf.teacher:
+        raise ConfigError("config.reflow.teacher is empty: reflow and distillation train on a teacher's pairs; give "
+                          "the teacher's workdir with --config.reflow.teacher=WORKDIR")
     teacher = _Teacher(rf, config, info) if rf.teacher else None
 
     def prepare(workdir, mesh):
