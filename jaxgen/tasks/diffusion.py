@@ -734,13 +734,13 @@ def cached_pytree(path, abstract, fit):
     return value
 
 
-
 # Public for the one-step and few-step generator tasks (consistency, shortcut, SiD; jaxgen/tasks/_one_step.py),
 # which draw and score their samples as this task does: Scorer(config, ev, info, key, train_split, workdir, tag,
 # step, ...)(draw_from, n, batch) -> (metrics, the first 64 samples); to_host(global array) -> NumPy on every
 # process; batch_sharding_like / local_devices_like(params): the batch sharding / this process's devices of the
-# mesh holding params.
+# mesh holding params; InceptionRefs(config, ev, devices): the Scorer's `inception` argument, built once per run.
 Scorer = _Scorer
+InceptionRefs = _InceptionRefs
 to_host = _to_host
 batch_sharding_like = _batch_sharding_like
 local_devices_like = _local_devices_like
