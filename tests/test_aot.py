@@ -71,7 +71,7 @@ def test_report_compiles_train_and_eval_steps_with_every_field(toy_report):
         assert r["bound_by"] == ("compute" if r["flops"] / 197e12 > r["bytes_accessed"] / 819e9 else "memory")
         assert r["sharding"].startswith("P(): ")  # pure data parallel: every leaf replicated
     train, ev = rows
-    assert "global batch 32" in train["what"] and "64 samples" in ev["what"]
+    assert "global batch 32" in train["what"] and f"batch {config.eval.batch_size} per device" in ev["what"]
     assert ev["loop_bodies_counted_once"] and not train["loop_bodies_counted_once"]  # the sampler is a loop
     # the donated train state is aliased, and every chip holds all of it (replicated), at least its raw bytes
     state = jax.eval_shape(tasks.build(config).init, jax.random.key(0))
@@ -174,7 +174,7 @@ def test_every_tfds_smoke_variant_mocks_its_data_and_no_full_config_does():
         assert smoke.data.get("mock", False) == tfds_data, path
         assert not full.data.get("mock", False), path
         checked += tfds_data
-    assert checked == 6
+    assert checked == 7  # ddpm_cifar10, rf_cifar10, s4_smnist, s4_psmnist, s4_scifar, fsq_mnist, fsq_cifar10
 
 
 @pytest.mark.parametrize("config_file", ["fsq_digits.py", "s4_seq_digits.py", "s4_copying.py", "s4_generate_digits.py"])

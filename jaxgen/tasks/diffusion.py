@@ -221,8 +221,8 @@ def build(config) -> Task:
         params = eval_params(state)
         aux = learned.inputs(params, k_fit, paths.join(workdir, "sampling"), int(state.step))
         tag = spec.tag()
-        score = _Scorer(config, ev, info, k_metric, train_split, workdir, tag, int(state.step),
-                        inception=inception_refs(tuple(_local_devices_like(params))))
+        inception = inception_refs(tuple(_local_devices_like(params))) if ev.metric == "inception" else None
+        score = _Scorer(config, ev, info, k_metric, train_split, workdir, tag, int(state.step), inception)
         B = draw.global_batch(params)
         out, shown = score(lambda start: draw(params, aux, k_sample, start), ev.num_samples, B)
         if d.process == "rf":
