@@ -78,8 +78,7 @@ class MetricWriter:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             if kept != old:
                 os.ftruncate(self._fd, len(kept))
-        from tensorboardX import SummaryWriter
-
+        SummaryWriter = _summary_writer_class()
         if self.remote:
             self._tb_local = tempfile.mkdtemp(prefix="jaxgen_tensorboard_")
         self._tb = SummaryWriter(self._tb_local or self._tb_dir)
@@ -171,3 +170,20 @@ def format_metrics(metrics: dict, keys=None) -> str:
             continue
         parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
     return " ".join(parts)
+
+
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch when it is installed only to
+    accept torch tensors (about 3 s of start-up); jaxgen writes Python floats."""
+    import sys
+
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError while tensorboardX loads
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
