@@ -1,7 +1,9 @@
-"""The DDPM task's sampling families on a trained workdir: every sampling variant re-evaluates the same
-checkpoint (no training); learned parts are fitted once and restored from the cache. The variants run on the
-2-D toy (an MLP compiles in seconds); the image path (UNet heads, Fréchet distance) runs in the digits test."""
+"""The diffusion task: every sampling variant re-evaluates a trained workdir (no training; learned parts fitted
+once and restored from the cache), every process / prediction trains and samples, evaluation in batches agrees on
+1 and 8 devices with bounded memory, the Inception metric resumes, reflow and distillation train on a teacher's
+pairs. Most tests run on the 2-D toy (an MLP compiles in seconds); the image path runs in the digits tests."""
 
+import json
 import os
 
 import jax
@@ -257,3 +259,17 @@ def test_a_missing_or_mismatched_teacher_is_named(tmp_path):
         config.reflow = task_lib.reflow_config(teacher=str(tmp_path / "nothing"))
     with pytest.raises(ConfigError, match="is not a training workdir"):
         task_lib.build(config)
+
+
+def test_a_workdir_of_the_ddpm_task_resumes_under_the_diffusion_task():
+    """config.json written before the diffusion keys existed, with config.task='ddpm': no difference to refuse;
+    a changed value of a new key still is one."""
+    from jaxgen.train import workdir as workdir_lib
+
+    new = json.loads(config_lib.load_config(QUICKSTART).to_json_best_effort())
+    old = json.loads(json.dumps(new))
+    old["task"] = "ddpm"
+    old["diffusion"] = {"schedule": "linear", "num_steps": 1000}
+    assert workdir_lib.config_differences(old, new) == []
+    new["diffusion"]["prediction"] = "x0"
+    assert workdir_lib.config_differences(old, new) == [("diffusion.prediction", workdir_lib._ABSENT, "x0")]
