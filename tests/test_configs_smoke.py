@@ -14,7 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.dirname(os.path.abspath(__file__))
 # Configs whose smoke variants a task's own test file already runs (through the CLI, with more variants).
 _OTHERS = "".join(open(os.path.join(TESTS, f)).read()
-                  for f in ("test_autoencoder_task.py", "test_seq_tasks.py", "test_diffusion_task.py"))
+                  for f in ("test_autoencoder_task.py", "test_seq_tasks.py", "test_diffusion_task.py",
+                            "test_one_step_tasks.py"))
 CONFIGS = sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py") and f not in _OTHERS)
 
 
