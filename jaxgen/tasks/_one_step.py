@@ -5,7 +5,9 @@ Teacher (`config.teacher.workdir`): a trained diffusion workdir (task 'diffusion
 e.g. configs/ddpm_toy2d.py or configs/edm_digits.py), read as an EDM denoiser D(x, sigma) = E[x0 | x0 + sigma n = x]
 through `jaxgen.diffusion.consistency.edm_denoiser` with its evaluation (EMA) weights. '' on the 2-D `gmm_grid`
 toy: the exact denoiser of its Gaussian mixture (`jaxgen.diffusion.oracle`), the perfect teacher, nothing to train
-first (the smoke variants use it). The teacher's weights are part of the training state (loaded into it at
+first (the smoke variants use it). teacher.untrained=True (smoke variants of image configs only): a freshly
+initialised config.model network with EDM's preconditioning (sigma_data 0.5) stands in for the teacher, so a CD / SiD
+program runs end to end without a trained workdir (its samples mean nothing). The teacher's weights are part of the training state (loaded into it at
 initialisation through a host callback, so no program embeds them as constants), so a resumed run does not read
 the teacher workdir again.
 
@@ -33,7 +35,7 @@ from jaxgen import paths, viz
 from jaxgen.config import ConfigError
 from jaxgen.tasks import ALIASES, dataset_info
 
-TEACHER_DEFAULTS = dict(workdir="")
+TEACHER_DEFAULTS = dict(workdir="", untrained=False)
 EVAL_DEFAULTS = dict(num_samples=500, batch_size=128, sample_steps=(1, 2, 4), metric="classifier", fid_stats="",
                      inception_weights="", classifier_steps=500)
 
@@ -103,7 +105,24 @@ def load_teacher(config, info, purpose: str) -> Teacher:
     from jaxgen.tasks import diffusion as diffusion_task
 
     key = "config.teacher.workdir"
-    workdir = section(config, "teacher", TEACHER_DEFAULTS).workdir
+    tc = section(config, "teacher", TEACHER_DEFAULTS)
+    workdir = tc.workdir
+    if tc.untrained and not workdir:
+        from jaxgen.diffusion import objectives
+        from jaxgen.diffusion.processes import make_process
+        from jaxgen.train.state import trainable
+
+        t = trainable(config, network(config.model, info))
+        param = objectives.Parameterization(make_process("edm"), "edm", 0.5)
+
+        def untrained_net(p, key=None):
+            model = t.module(p)
+            return lambda x, tt: model(x, tt, key=key)
+
+        params = jax.device_get(nnx.split(t.new_model(jax.random.key(0)), nnx.Param)[1])
+        return Teacher(denoiser_of(untrained_net, param), params,
+                       "a freshly initialised network (teacher.untrained=True: a smoke test, not a teacher)", t, param,
+                       config)
     if not workdir:
         if config.data.get("name") == "gmm_grid":
             from jaxgen.diffusion.oracle import GaussianMixture
