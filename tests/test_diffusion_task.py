@@ -90,7 +90,7 @@ def test_diverged_samples_score_inf_with_a_warning(capsys):
     samples = np.zeros((64, 2), np.float32)
     samples[:16] = np.nan
     train = lambda: data_lib.load_split(config.data, config.data.split_train)  # noqa: E731
-    score = task_lib._Scorer(config, config.eval, info, jax.random.key(0), train, "unused", "tag", 0)
+    score = task_lib.Scorer(config, config.eval, info, jax.random.key(0), train, "unused", "tag", 0)
     out, shown = score(lambda start: samples[start:start + 32], 64, 32)
     assert out["sw2"] == out["mmd"] == float("inf") and len(shown) == 64
     assert "25.0% of the samples are not finite" in capsys.readouterr().out

@@ -207,7 +207,7 @@ def build(config) -> Task:
 
     @functools.cache
     def inception_refs(devices):  # the network and the real data's features: once per run, not per evaluation
-        return _InceptionRefs(config, ev, list(devices))
+        return InceptionRefs(config, ev, list(devices))
 
     @functools.cache
     def train_split():  # loaded once, for the learned sampler parts and the image classifier
@@ -221,8 +221,8 @@ def build(config) -> Task:
         params = eval_params(state)
         aux = learned.inputs(params, k_fit, paths.join(workdir, "sampling"), int(state.step))
         tag = spec.tag()
-        inception = inception_refs(tuple(_local_devices_like(params))) if ev.metric == "inception" else None
-        score = _Scorer(config, ev, info, k_metric, train_split, workdir, tag, int(state.step), inception)
+        inception = inception_refs(tuple(local_devices_like(params))) if ev.metric == "inception" else None
+        score = Scorer(config, ev, info, k_metric, train_split, workdir, tag, int(state.step), inception)
         B = draw.global_batch(params)
         out, shown = score(lambda start: draw(params, aux, k_sample, start), ev.num_samples, B)
         if d.process == "rf":
@@ -236,7 +236,7 @@ def build(config) -> Task:
         if ev.likelihood:
             x = data_lib.load_split(config.data, config.data.split_test)["x"][:ev.likelihood_samples]
             out.update(_likelihood_bpd(x, process, d, objectives.model_fns(net(params), param), info, B,
-                                       _batch_sharding_like(params), jax.random.fold_in(key, 1), learned.vb_variance(
+                                       batch_sharding_like(params), jax.random.fold_in(key, 1), learned.vb_variance(
                                            params, k_fit, paths.join(workdir, "sampling"), int(state.step))))
         if jax.process_index() == 0:
             real = data_lib.load_split(config.data, config.data.split_test)["x"][:len(shown)]
@@ -316,7 +316,7 @@ class _Teacher:
 
             for i in tqdm(range(done, num), initial=done, total=num, desc="reflow pairs", unit="shard",
                           disable=jax.process_index() != 0):
-                x0, x1 = (_to_host(a)[:num_pairs - i * B] for a in generate(on_mesh, jnp.int32(i * B)))
+                x0, x1 = (to_host(a)[:num_pairs - i * B] for a in generate(on_mesh, jnp.int32(i * B)))
                 if jax.process_index() == 0:
                     pairs_lib.write_shard(directory, i, x0, x1)
             print(f"reflow pairs: {num_pairs} in {directory} ({num - done} shards generated)", flush=True)
@@ -438,7 +438,7 @@ class _BatchSampler:
                              self.shape, self.batch_size, self.t_min)
 
     def global_batch(self, params) -> int:
-        sharding = _batch_sharding_like(params)
+        sharding = batch_sharding_like(params)
         return self.batch_size * (sharding.mesh.size if isinstance(sharding, NamedSharding) else 1)
 
     def compiled_for(self, params, aux):
@@ -446,7 +446,7 @@ class _BatchSampler:
         host constants of the sampler: one compilation per set of variances."""
         aux = dict(aux)
         variances = aux.pop("variances", None)
-        batch_sharding = _batch_sharding_like(params)
+        batch_sharding = batch_sharding_like(params)
         key = (getattr(batch_sharding, "mesh", None), tuple(sorted(aux)),
                None if variances is None else variances.tobytes())
         if key not in self._compiled:
@@ -467,7 +467,7 @@ class _BatchSampler:
 
     def __call__(self, params, aux, key, start: int) -> np.ndarray:
         fn, aux = self.compiled_for(params, aux)
-        return _to_host(fn(params, aux, key, jnp.int32(start)))
+        return to_host(fn(params, aux, key, jnp.int32(start)))
 
 
 def load_workdir_config(workdir: str, key: str = "teacher") -> ml_collections.ConfigDict:
@@ -489,7 +489,7 @@ def _config_from_json(text: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(tuples(json.loads(text)))
 
 
-def _to_host(x) -> np.ndarray:
+def to_host(x) -> np.ndarray:
     """A global array as one NumPy array on every process."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -498,13 +498,13 @@ def _to_host(x) -> np.ndarray:
     return np.asarray(x)
 
 
-class _Scorer:
+class Scorer:
     """score(draw_from, n) -> (metrics, the first 64 samples): draws n samples batch by batch (draw_from(start))
     and scores them against the test split, keeping one batch at a time for images."""
 
     def __init__(self, config, ev, info, key, train_split, workdir, tag, step, inception=None):
         self.config, self.ev, self.info, self.key, self.train_split = config, ev, info, key, train_split
-        self.inception = inception  # an _InceptionRefs for eval.metric = 'inception'
+        self.inception = inception  # an InceptionRefs for eval.metric = 'inception'
         self.state_path = paths.join(workdir, "eval", f"inception_{tag}_step{step}.npz")
 
     def __call__(self, draw_from, n, batch, resumable=True):
@@ -558,7 +558,7 @@ class _Scorer:
         return scores, shown
 
 
-class _InceptionRefs:
+class InceptionRefs:
     """The FID Inception network on this process's devices of the model's mesh, the reference statistics
     (eval.fid_stats, else the test split's) and, for precision / recall (Kynkaenniemi et al. 2019, k = 3), the first
     eval.precision_recall test images' features; each computed once and kept for the run's evaluations."""
@@ -665,7 +665,7 @@ def _replicated_like(tree):
     return sharding
 
 
-def _batch_sharding_like(tree):
+def batch_sharding_like(tree):
     """The batch split over every device of the mesh holding `tree`'s first leaf (one device if none)."""
     sharding = getattr(jax.tree.leaves(tree)[0], "sharding", None)
     if isinstance(sharding, NamedSharding):
@@ -673,7 +673,7 @@ def _batch_sharding_like(tree):
     return sharding if sharding is not None else jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
 
-def _local_devices_like(tree) -> list:
+def local_devices_like(tree) -> list:
     """This process's devices among those holding `tree`'s first leaf."""
     devices = jax.tree.leaves(tree)[0].sharding.device_set
     return sorted((d for d in devices if d.process_index == jax.process_index()), key=lambda d: d.id)
@@ -733,14 +733,3 @@ def cached_pytree(path, abstract, fit):
         checkpointer.wait_until_finished()
     return value
 
-
-# Public for the one-step and few-step generator tasks (consistency, shortcut, SiD; jaxgen/tasks/_one_step.py),
-# which draw and score their samples as this task does: Scorer(config, ev, info, key, train_split, workdir, tag,
-# step, ...)(draw_from, n, batch) -> (metrics, the first 64 samples); to_host(global array) -> NumPy on every
-# process; batch_sharding_like / local_devices_like(params): the batch sharding / this process's devices of the
-# mesh holding params; InceptionRefs(config, ev, devices): the Scorer's `inception` argument, built once per run.
-Scorer = _Scorer
-InceptionRefs = _InceptionRefs
-to_host = _to_host
-batch_sharding_like = _batch_sharding_like
-local_devices_like = _local_devices_like
