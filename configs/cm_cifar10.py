@@ -65,5 +65,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.update(dict(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), num_groups=4))  # compiles fast
         c.consistency.s0, c.consistency.s1 = 10, 20  # iCT's doubling curriculum within 2 steps
         c.teacher.untrained = m == "cd"
-        c.eval.update(dict(classifier_steps=10, num_samples=8, metric="classifier", batch_size=1))
+        c.eval.update(dict(classifier_steps=10, num_samples=8, metric="classifier", batch_size=1, sample_steps=(1,)))
     return c

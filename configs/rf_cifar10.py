@@ -66,6 +66,7 @@ def _config(smoke: bool) -> ml_collections.ConfigDict:
     c.ema_decay = 0.9999
     c.eval = eval_config(batch_size=256, num_samples=50_000, metric="inception", sampler="rk45", clip_x0=None)
     if smoke:
+        c.eval.straightness_steps = 2
         c.data.mock = True  # tfds mock data: runs before CIFAR-10 is prepared
         c.train.num_steps = 2
         c.train.batch_size = 8

@@ -55,6 +55,7 @@ def _config(smoke: bool) -> ml_collections.ConfigDict:
     c.ema_decay = 0.995
     c.eval = eval_config(batch_size=100, num_samples=297, sampler="rk45", clip_x0=None, untrained_baseline=True)
     if smoke:
+        c.eval.straightness_steps = 2
         c.eval.untrained_baseline = False  # exercised by quickstart / ddpm_toy2d's smoke variants
         smoke_train(c)
         c.eval.sampler = "flow_euler"

@@ -48,6 +48,7 @@ def _config(smoke: bool) -> ml_collections.ConfigDict:
     c.ema_decay = 0.995
     c.eval = eval_config(batch_size=500, num_samples=2000, sampler="rk45", clip_x0=None, untrained_baseline=True)
     if smoke:
+        c.eval.straightness_steps = 2
         c.eval.untrained_baseline = False  # exercised by quickstart / ddpm_toy2d's smoke variants
         smoke_train(c, batch_size=32)
         c.eval.num_samples = 64

@@ -145,7 +145,7 @@ EVAL_DEFAULTS = dict(num_samples=500, batch_size=128, sampler="ddpm", sample_ste
                      skip="uniform", clip_x0=1.0, pixel_width=None, metric="classifier", fid_stats="",
                      inception_weights="", untrained_baseline=False, classifier_steps=500, gamma_samples=2000,
                      head_steps=1000, amed_iters=200, likelihood=False, likelihood_samples=256,
-                     precision_recall=0)
+                     precision_recall=0, straightness_steps=64)
 
 
 REFLOW_DEFAULTS = dict(teacher="", num_pairs=0, sampler="rk45", sample_steps=0, batch_size=64, init_from_teacher=True)

@@ -174,7 +174,7 @@ def test_every_tfds_smoke_variant_mocks_its_data_and_no_full_config_does():
         assert smoke.data.get("mock", False) == tfds_data, path
         assert not full.data.get("mock", False), path
         checked += tfds_data
-    assert checked == 7  # ddpm_cifar10, rf_cifar10, s4_smnist, s4_psmnist, s4_scifar, fsq_mnist, fsq_cifar10
+    assert checked == 9  # ddpm_, rf_, cm_, sid_cifar10, s4_smnist, s4_psmnist, s4_scifar, fsq_mnist, fsq_cifar10
 
 
 @pytest.mark.parametrize("config_file", ["fsq_digits.py", "s4_seq_digits.py", "s4_copying.py", "s4_generate_digits.py"])

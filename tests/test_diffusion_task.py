@@ -119,14 +119,14 @@ def test_bad_sampling_settings_are_named(overrides, match):
 
 
 @pytest.mark.parametrize("overrides", [
-    # rectified flow: the velocity, logit-normal times, Euler on the learned field
-    {"diffusion.process": "rf", "diffusion.prediction": "velocity", "diffusion.time_sampling": "logit_normal",
-     "eval.sampler": "flow_euler", "eval.sample_steps": "4"},
-    # EDM: preconditioned F, lognormal sigmas, EDM's weighting, Heun on the PF-ODE
-    {"diffusion.process": "edm", "diffusion.prediction": "edm", "diffusion.time_sampling": "lognormal",
-     "diffusion.weighting": "edm", "eval.sampler": "heun", "eval.sample_steps": "5"},
-    # continuous VP with v-prediction and Min-SNR weighting, adaptive RK45 on the velocity
-    {"diffusion.process": "vp", "diffusion.prediction": "v", "diffusion.weighting": "min_snr", "eval.sampler": "rk45"},
+    # continuous VP with v-prediction, Min-SNR weighting and logit-normal times, adaptive RK45 on the velocity
+    # (rectified flow with the velocity and Euler, and EDM with its preconditioning, lognormal sigmas, its weighting
+    # and Heun, run as the smoke variants of configs/rf_toy2d.py and configs/edm_digits.py)
+    {"diffusion.process": "vp", "diffusion.prediction": "v", "diffusion.weighting": "min_snr",
+     "diffusion.time_sampling": "logit_normal", "eval.sampler": "rk45"},
+    # VE with x0-prediction and SNR weighting, DPM-Solver-2 on the PF-ODE
+    {"diffusion.process": "ve", "diffusion.prediction": "x0", "diffusion.weighting": "snr", "eval.sampler": "dpm2",
+     "eval.sample_steps": "4"},
 ])
 def test_any_process_and_prediction_trains_and_samples(tmp_path, overrides):
     config = config_lib.load_config(TOY + ":smoke")
@@ -205,7 +205,7 @@ def test_inception_metric_scores_and_resumes_from_its_saved_state(tmp_path):
 
 
 RF_TOY = [("diffusion.process", "rf"), ("diffusion.prediction", "velocity"), ("eval.sampler", "flow_euler"),
-          ("eval.sample_steps", "4"), ("eval.untrained_baseline", "False")]
+          ("eval.sample_steps", "4"), ("eval.untrained_baseline", "False"), ("eval.straightness_steps", "4")]
 
 
 def test_reflow_generates_teacher_pairs_resumably_and_trains_on_them(tmp_path, capsys):

@@ -33,7 +33,8 @@ reflow.sample_steps, a deterministic sampler), sharded over the mesh in batches 
 written as shards to WORKDIR/pairs/ (resumed at the first missing shard), then trains on them instead of the data:
 the (k+1)-RF with diffusion.time_sampling 'uniform', the one-step generator with 'end' (t = 1). The student starts
 from the teacher's weights (reflow.init_from_teacher). Processes 'rf' also log eval/straightness,
-E_t |(x1 - x0) - v(x_t, t)|^2 along the student's own ODE trajectories (0 for straight paths).
+E_t |(x1 - x0) - v(x_t, t)|^2 along the student's own ODE trajectories (0 for straight paths; Heun on
+2 eval.straightness_steps intervals, 0 = off).
 The learned sampler parts are fitted on the frozen (EMA) model at the first evaluation that needs them and cached
 under workdir/sampling/ per checkpoint step and step set. An Inception evaluation saves its running statistics
 after every batch (workdir/eval/), so an interrupted 50,000-sample evaluation resumes from its last batch.
@@ -151,6 +152,8 @@ def _validate(config, d, info) -> None:
     if ev.get("precision_recall", 0) and (ev.get("precision_recall", 0) < 4 or ev.get("metric") != "inception"):
         raise ConfigError(f"config.eval.precision_recall (test images to compare with, k = 3) must be 0 or >= 4 "
                           f"with eval.metric='inception', got {ev.precision_recall} with '{ev.get('metric')}'")
+    if ev.get("straightness_steps", 0) < 0:
+        raise ConfigError(f"config.eval.straightness_steps must be >= 0 (0 = off), got {ev.straightness_steps}")
     for name in ("gamma_samples", "head_steps", "amed_iters", "batch_size"):
         if ev.get(name, 1) < 1:
             raise ConfigError(f"config.eval.{name} must be >= 1, got {ev[name]}")
@@ -203,7 +206,8 @@ def build(config) -> Task:
 
     @jax.jit
     def straightness(params, x1):
-        return jnp.mean(diffusion.straightness(objectives.model_fns(net(params), param).velocity, x1))
+        fns = objectives.model_fns(net(params), param)
+        return jnp.mean(diffusion.straightness(fns.velocity, x1, num_steps=ev.straightness_steps))
 
     @functools.cache
     def inception_refs(devices):  # the network and the real data's features: once per run, not per evaluation
@@ -225,7 +229,7 @@ def build(config) -> Task:
         score = Scorer(config, ev, info, k_metric, train_split, workdir, tag, int(state.step), inception)
         B = draw.global_batch(params)
         out, shown = score(lambda start: draw(params, aux, k_sample, start), ev.num_samples, B)
-        if d.process == "rf":
+        if d.process == "rf" and ev.straightness_steps:
             out["straightness"] = float(straightness(params, jax.random.normal(k_fit, (B,) + tuple(info.shape))))
         if ev.untrained_baseline:  # the same sampler without its learned inputs
             plain = draw.without_learned()
