@@ -13,6 +13,8 @@ import pytest
 from jaxgen import config as config_lib
 from jaxgen.config import ConfigError
 from jaxgen.diffusion import sampling
+from jaxgen import task_configs
+from jaxgen.tasks import _evaluation as evaluation
 from jaxgen.tasks import diffusion as task_lib
 from jaxgen.train.checkpoint import Checkpointer
 from jaxgen.tasks import build_and_train
@@ -33,7 +35,7 @@ def trained(tmp_path_factory):
     return workdir, config.train.num_steps
 
 
-@pytest.mark.parametrize("variant", [v for v in task_lib.SAMPLING_VARIANTS if v != "ddpm"])
+@pytest.mark.parametrize("variant", [v for v in task_configs.SAMPLING_VARIANTS if v != "ddpm"])
 def test_sampling_variant_evaluates_a_trained_workdir(trained, variant):
     workdir, step = trained
     config = config_lib.load_config(f"{TOY}:{variant},smoke")  # also samples the untrained baseline
@@ -52,7 +54,7 @@ def test_sampling_variant_evaluates_a_trained_workdir(trained, variant):
 
 
 def test_sampler_tags_name_the_setting():
-    tag = lambda **kw: sampling.SamplerSpec.from_config(task_lib.eval_config(**kw)).tag()  # noqa: E731
+    tag = lambda **kw: sampling.SamplerSpec.from_config(task_configs.eval_config(**kw)).tag()  # noqa: E731
     assert tag(sampler="ddim", sample_steps=50, eta=0.0, variance="analytic") == "ddim-K50-eta0-analytic"
     assert tag(sampler="heun", sample_steps=9) == "heun-nfe9"
     assert tag(sample_steps=0, variance="beta_tilde") == "ddpm-KT-beta_tilde"
@@ -90,7 +92,7 @@ def test_diverged_samples_score_inf_with_a_warning(capsys):
     samples = np.zeros((64, 2), np.float32)
     samples[:16] = np.nan
     train = lambda: data_lib.load_split(config.data, config.data.split_train)  # noqa: E731
-    score = task_lib.Scorer(config, config.eval, info, jax.random.key(0), train, "unused", "tag", 0)
+    score = evaluation.Scorer(config, config.eval, info, jax.random.key(0), train, "unused", "tag", 0)
     out, shown = score(lambda start: samples[start:start + 32], 64, 32)
     assert out["sw2"] == out["mmd"] == float("inf") and len(shown) == 64
     assert "25.0% of the samples are not finite" in capsys.readouterr().out
@@ -224,7 +226,7 @@ def test_reflow_generates_teacher_pairs_resumably_and_trains_on_them(tmp_path, c
         config = config_lib.load_config(TOY + ":smoke")
         config_lib.apply_overrides(config, RF_TOY + list(overrides.items()))
         with config.unlocked():
-            config.reflow = task_lib.reflow_config(teacher=teacher_dir, num_pairs=100, sampler="flow_euler",
+            config.reflow = task_configs.reflow_config(teacher=teacher_dir, num_pairs=100, sampler="flow_euler",
                                                    sample_steps=3, batch_size=4)  # shards of 4 x 8 devices
         return build_and_train(config, workdir)
 
@@ -256,7 +258,7 @@ def test_reflow_generates_teacher_pairs_resumably_and_trains_on_them(tmp_path, c
 def test_a_missing_or_mismatched_teacher_is_named(tmp_path):
     config = config_lib.load_config(TOY + ":smoke")
     with config.unlocked():
-        config.reflow = task_lib.reflow_config(teacher=str(tmp_path / "nothing"))
+        config.reflow = task_configs.reflow_config(teacher=str(tmp_path / "nothing"))
     with pytest.raises(ConfigError, match="is not a training workdir"):
         task_lib.build(config)
 

@@ -278,7 +278,7 @@ def test_sampling_and_classifier_caches_on_gs(gcs_emulator, monkeypatch):  # noq
     import jax.numpy as jnp
 
     from jaxgen import metrics
-    from jaxgen.tasks import diffusion
+    from jaxgen.tasks import _evaluation as evaluation
 
     base = f"gs://{BUCKET}/caches"
     calls = []
@@ -288,11 +288,11 @@ def test_sampling_and_classifier_caches_on_gs(gcs_emulator, monkeypatch):  # noq
         return np.array([0.5, 0.25])
 
     for _ in range(2):  # the second call reads the cache
-        np.testing.assert_array_equal(diffusion.cached_gamma(f"{base}/gamma.json", [10, 20], estimate), [0.5, 0.25])
+        np.testing.assert_array_equal(evaluation.cached_gamma(f"{base}/gamma.json", [10, 20], estimate), [0.5, 0.25])
     tree = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
     for _ in range(2):
-        got = diffusion.cached_pytree(f"{base}/head_step1", abstract, lambda: calls.append(2) or tree)
+        got = evaluation.cached_pytree(f"{base}/head_step1", abstract, lambda: calls.append(2) or tree)
         jax.tree.map(np.testing.assert_array_equal, got, tree)
     assert calls == [1, 2]
 

@@ -173,7 +173,7 @@ class StepCountEval:
 
     def compiled(self, label, one, params):
         """(jitted draw(params, key, start) -> global batch sharded over the mesh, the global batch size)."""
-        from jaxgen.tasks.diffusion import batch_sharding_like
+        from jaxgen.tasks._evaluation import batch_sharding_like
 
         sharding = batch_sharding_like(params)
         B = self.ev.batch_size * (sharding.mesh.size if isinstance(sharding, jax.sharding.NamedSharding) else 1)
@@ -188,7 +188,7 @@ class StepCountEval:
         return self._compiled[cache_key], B
 
     def __call__(self, params, key, workdir: str, step: int, draws: dict) -> dict:
-        from jaxgen.tasks.diffusion import Scorer, to_host
+        from jaxgen.tasks._evaluation import Scorer, to_host
 
         k_sample, k_metric = jax.random.split(key)
         out = {}
@@ -209,13 +209,13 @@ class StepCountEval:
     def _inception(self, params) -> dict:
         """The Scorer's Inception argument for eval.metric 'inception': the network and reference statistics,
         built once per run (as the diffusion task keeps them)."""
-        from jaxgen.tasks import diffusion as diffusion_task
+        from jaxgen.tasks import _evaluation as evaluation
 
         if self.ev.metric != "inception":
             return {}
         if self._refs is None:
-            devices = list(diffusion_task.local_devices_like(params))
-            self._refs = diffusion_task.InceptionRefs(self.config, self.ev, devices)
+            devices = list(evaluation.local_devices_like(params))
+            self._refs = evaluation.InceptionRefs(self.config, self.ev, devices)
         return dict(inception=self._refs)
 
     def eval_step(self, params, label, one):
