@@ -6,7 +6,8 @@ Config keys beyond the shared ones (`diffusion_config()` / `eval_config()` give 
     'vp' (continuous VP SDE, diffusion.schedule 'linear' | 'cosine'), 've', 'edm', 'rf' (rectified flow)
   diffusion.prediction: 'eps' | 'x0' | 'v' | 'velocity' | 'edm' (EDM's preconditioned F, diffusion.sigma_data);
   diffusion.weighting: 'uniform' | 'snr' | 'min_snr' (diffusion.min_snr_gamma) | 'edm';
-  diffusion.time_sampling: 'uniform' | 'lognormal' | 'logit_normal' (diffusion.time_mean / time_std; None: the
+  diffusion.time_sampling: 'uniform' | 'lognormal' | 'logit_normal' | 'end' (t = 1: one-step distillation)
+    (diffusion.time_mean / time_std; None: the
     kind's default, EDM's -1.2 / 1.2 or 0 / 1), diffusion.t_min (continuous processes' smallest training time).
     The loss and these choices: jaxgen.diffusion.objectives; DDPM's L_simple is process 'ddpm', 'eps', 'uniform'.
   eval.num_samples, eval.batch_size (per device: samples are drawn in global batches of batch_size x devices,
