@@ -124,7 +124,7 @@ def test_bad_sampling_settings_are_named(overrides, match):
 @pytest.mark.parametrize("overrides", [
     # continuous VP with v-prediction, Min-SNR weighting and logit-normal times, adaptive RK45 on the velocity
     # (rectified flow with the velocity and Euler, and EDM with its preconditioning, lognormal sigmas, its weighting
-    # and Heun, run as the smoke variants of configs/rf_toy2d.py and configs/edm_digits.py)
+    # and Heun, run as the smoke variants of the rf_toy2d and edm_digits config files)
     {"diffusion.process": "vp", "diffusion.prediction": "v", "diffusion.weighting": "min_snr",
      "diffusion.time_sampling": "logit_normal", "eval.sampler": "rk45"},
     # VE with x0-prediction and SNR weighting, DPM-Solver-2 on the PF-ODE
