@@ -88,7 +88,7 @@ def makedirs(p: PathLike) -> None:
     """mkdir -p for a local path; nothing for a URL (object stores have no directories, and creating
     a missing bucket is never what a typo in a workdir means)."""
     if not is_remote(p):
-        os.makedirs(os.fspath(p), exist_ok=True)
+        os.makedirs(os.fspath(p), exist_ok=True)  # local
 
 
 def read_bytes(p: PathLike) -> bytes:
@@ -106,14 +106,14 @@ def write_bytes(p: PathLike, data: bytes) -> None:
         path(s).write_bytes(data)  # one object upload: atomic on GCS
         return
     parent = os.path.dirname(os.path.abspath(s))
-    os.makedirs(parent, exist_ok=True)
+    os.makedirs(parent, exist_ok=True)  # local
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=os.path.basename(s) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, s)
+        os.replace(tmp, s)  # local
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
