@@ -33,6 +33,7 @@ import optax
 
 from jaxgen import _checks
 from jaxgen.diffusion.processes import broadcast_to_batch
+from jaxgen.train.mesh import shard_batch
 
 Array = Any
 
@@ -103,7 +104,7 @@ def sid_generator_loss(generator_apply: Callable, gen_params, teacher: Callable,
                        t_max: float = 0.8) -> Array:
     """Batch mean of `sid_generator_loss_terms` for x_g = G(sigma_init z), z ~ N(0, I) of shape batch_shape."""
     k_z, k_drop, k_s, k_n = jax.random.split(key, 4)
-    z = jax.random.normal(k_z, tuple(batch_shape), jnp.result_type(float))
+    z = shard_batch(jax.random.normal(k_z, tuple(batch_shape), jnp.result_type(float)))
     x_g = generator_apply(gen_params, sigma_init * z, k_drop)
     sigma = sid_sigmas(k_s, x_g.shape[0], t_max, dtype=x_g.dtype)
     noise = jax.random.normal(k_n, x_g.shape, x_g.dtype)
@@ -135,8 +136,10 @@ def _update_if_finite(tx, loss, grads, opt_state, params):
     ok = _all_finite(loss, grads)
     updates, new_opt = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-    return keep(new_params, params), keep(new_opt, opt_state), ok
+    # One cond, not a where per leaf: XLA would fuse the chain of one `and` per leaf computing `ok` into
+    # every leaf's select (5x the HLO, 3x the compile time).
+    new_params, new_opt = jax.lax.cond(ok, lambda: (new_params, new_opt), lambda: (params, opt_state))
+    return new_params, new_opt, ok
 
 
 def make_sid_step(generator_apply: Callable, fake_apply: Callable, teacher: Callable,
@@ -157,7 +160,7 @@ def make_sid_step(generator_apply: Callable, fake_apply: Callable, teacher: Call
     @jax.jit
     def step(state: SiDState, teacher_params, key):
         k_zf, k_gf, k_fake, k_gen = jax.random.split(key, 4)
-        z = jax.random.normal(k_zf, batch_shape, jnp.result_type(float))
+        z = shard_batch(jax.random.normal(k_zf, batch_shape, jnp.result_type(float)))
         x_g = generator_apply(state.gen_params, sigma_init * z, k_gf)
         fake_loss, fake_grads = jax.value_and_grad(fake_score_loss, 1)(fake_apply, state.fake_params, x_g, k_fake,
                                                                        sigma_data, t_max)

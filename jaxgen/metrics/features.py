@@ -114,12 +114,18 @@ def _check_images(name, images, labels):
     return images.astype(np.float32), labels.astype(np.int32)
 
 
+def _new_classifier(channels, num_classes, size, width, seed) -> Classifier:
+    """Classifier(..., rngs=nnx.Rngs(seed)), initialised in one jitted program (eagerly, each parameter's
+    initialiser compiles on its own)."""
+    return nnx.jit(lambda: Classifier(channels, num_classes, size, width, rngs=nnx.Rngs(seed)))()
+
+
 def train_classifier(train_images, train_labels, *, num_classes: int, width: int = 32,
                      num_steps: int = 500, batch_size: int = 128, learning_rate: float = 3e-3,
                      weight_decay: float = 1e-4, seed: int = 0) -> Classifier:
     """Train `Classifier` with AdamW (cosine decay) on softmax cross-entropy; returns the model."""
     n, size, _, channels = train_images.shape
-    model = Classifier(channels, num_classes, size, width, rngs=nnx.Rngs(seed))
+    model = _new_classifier(channels, num_classes, size, width, seed)
     graphdef, params = nnx.split(model)
     tx = optax.adamw(optax.cosine_decay_schedule(learning_rate, num_steps),
                      weight_decay=weight_decay)
@@ -189,7 +195,7 @@ def classifier_features(dataset_name: str, train_images, train_labels, test_imag
     path = paths.join(cache_dir or default_cache_dir(), f"classifier_{safe}_{digest}.msgpack")
 
     _, size, _, channels = xtr.shape
-    model = Classifier(channels, num_classes, size, width, rngs=nnx.Rngs(seed))
+    model = _new_classifier(channels, num_classes, size, width, seed)
     if paths.exists(path):
         try:
             blob = serialization.msgpack_restore(paths.read_bytes(path))

@@ -119,7 +119,7 @@ def load_teacher(config, info, purpose: str) -> Teacher:
             model = t.module(p)
             return lambda x, tt: model(x, tt, key=key)
 
-        params = jax.device_get(nnx.split(t.new_model(jax.random.key(0)), nnx.Param)[1])
+        params = jax.device_get(t.initial_params(jax.random.key(0)))
         return Teacher(denoiser_of(untrained_net, param), params,
                        "a freshly initialised network (teacher.untrained=True: a smoke test, not a teacher)", t, param,
                        config)
@@ -158,7 +158,7 @@ def network(model_config, info, remat: bool = False) -> Callable[[jax.Array], nn
     """new_model(key) for `jaxgen.train.state.trainable`: the diffusion task's networks (config.model)."""
     from jaxgen.tasks.diffusion import make_model
 
-    make_model(model_config, info, nnx.Rngs(0), remat)  # ConfigErrors now, not inside a trace
+    nnx.eval_shape(lambda: make_model(model_config, info, nnx.Rngs(0), remat))  # ConfigErrors now, at build
     return lambda key: make_model(model_config, info, nnx.Rngs(params=key), remat)
 
 

@@ -35,6 +35,18 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 
 
+def shard_batch(x: jax.Array) -> jax.Array:
+    """`x` with its leading (batch) dimension split over the batch axes of the mesh the train step is traced
+    under (`jaxgen.train.loop.sharded_train_step` sets it); `x` unchanged outside such a mesh.
+
+    For arrays a step creates itself (data-free noise, as in SiD): nothing ties them to the sharded batch, so
+    without this XLA replicates them, and all the work on them, on every device."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+        return x
+    return jax.lax.with_sharding_constraint(x, P(BATCH_AXES))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

@@ -148,6 +148,11 @@ class Trainable:
         _, params = nnx.split(self.new_model(key), nnx.Param)
         return create_train_state(params, self.tx, self.ema_decay, extra=extra)
 
+    def initial_params(self, key: jax.Array):
+        """The network's parameters initialised with `key`, as `init` draws them (one jitted program, not one
+        compile per parameter as eager initialisation takes)."""
+        return jax.jit(lambda k: nnx.split(self.new_model(k), nnx.Param)[1])(key)
+
     def state_of(self, model: nnx.Module) -> TrainState:
         """A fresh TrainState from an initialised network: its nnx.Param as params, any other state (e.g. VQ
         codebook statistics) as `extra`."""
