@@ -6,7 +6,8 @@ Many tests compile the same small programs (the toy and smoke configs' train ste
 CLI subprocesses), so the session shares one persistent compilation cache: a fresh directory per
 session, created by the first process that loads this file and inherited through the environment by
 the pytest-xdist workers and every subprocess a test starts. It saves compile time only; what runs is
-the same executable.
+the same executable. The feature classifiers that evaluation trains (jaxgen.metrics.features) are
+cached the same way, in a fresh $JAXGEN_CACHE, never in the user's ~/.cache/jaxgen.
 
 The tests compile far more than they run (a few steps of many small programs), so LLVM's optimisation
 passes are turned off for the session (XLA's own HLO passes, fusion included, still run): the same programs
@@ -20,6 +21,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxgen-test-jit-cache-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+if "JAXGEN_CACHE" not in os.environ:  # the feature classifiers the tests train: this session's, not ~/.cache
+    os.environ["JAXGEN_CACHE"] = tempfile.mkdtemp(prefix="jaxgen-test-feature-cache-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()

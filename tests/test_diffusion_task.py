@@ -142,7 +142,7 @@ def _toy_task_and_state(**overrides):
     config = config_lib.load_config(TOY + ":smoke")
     config_lib.apply_overrides(config, list(overrides.items()))
     task = task_lib.build(config)
-    return config, task, task.init(jax.random.key(0))
+    return config, task, jax.jit(task.init)(jax.random.key(0))
 
 
 def test_evaluation_is_the_same_on_1_and_8_devices(tmp_path):
@@ -196,7 +196,7 @@ def test_inception_metric_scores_and_resumes_from_its_saved_state(tmp_path):
                                         ("eval.precision_recall", "10"), ("model.ch_mult", "(1,)"),
                                         ("model.attn_resolutions", "()")])  # the sampler's network is not the point
     task = task_lib.build(config)
-    state = task.init(jax.random.key(0))
+    state = jax.jit(task.init)(jax.random.key(0))
     workdir = str(tmp_path / "run")
     out = task.evaluate(state, jax.random.key(1), workdir)
     assert np.isfinite(out["fid"]) and out["fid"] > 0 and out["is"] >= 1.0
