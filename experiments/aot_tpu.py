@@ -41,13 +41,14 @@ def target_slice(config_file: str) -> str:
     return m.group(1).rstrip(".,;")
 
 
-def jobs(configs, quick: bool):
-    """(config spec, slice, steps) to compile: every config's train and eval steps, then the DDPM samplers."""
+def jobs(configs, quick: bool, steps=None):
+    """(config spec, slice, steps) to compile: every config's `steps` (default: jaxgen.aot.default_steps, the
+    train and eval steps and the Inception extraction where the config scores with it), then the DDPM samplers."""
     out, samplers = [], []
     for name in configs:
         path = os.path.join("configs", name)
         slice_name = target_slice(os.path.join(ROOT, path))
-        out.append((path + (":smoke" if quick else ""), slice_name, ("train", "eval")))
+        out.append((path + (":smoke" if quick else ""), slice_name, steps))
         if name == "ddpm_cifar10.py" and not quick:
             samplers = [(f"{path}:{v}{',smoke' if quick else ''}", slice_name, ("eval",)) for v in DDPM_SAMPLING]
     return out + samplers
@@ -67,28 +68,32 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=os.path.join(ROOT, "experiments", "results"))
     parser.add_argument("--configs", default=",".join(PAPER_CONFIGS))
+    parser.add_argument("--steps", default="", help="comma-separated subset of train,eval,inception (default: "
+                        "each config's jaxgen.aot.default_steps)")
     parser.add_argument("--match", default="", help="only the config specs this regex finds, e.g. 'py:' (samplers)")
     args = parser.parse_args(argv)
     prepare_out(args.out)  # local or gs://; exits 2 naming it if it cannot be written
     path = os.path.join(args.out, "aot_tpu.json")
 
-    from jaxgen.aot import compile_report
+    from jaxgen.aot import compile_report, default_steps
     from jaxgen.config import load_config
 
     os.chdir(ROOT)
     all_rows = []
-    todo = jobs([c.strip() for c in args.configs.split(",") if c.strip()], args.quick)
+    todo = jobs([c.strip() for c in args.configs.split(",") if c.strip()], args.quick,
+                tuple(s for s in args.steps.split(",") if s) or None)
     for spec, slice_name, steps in [j for j in todo if re.search(args.match, j[0])]:
         start = time.perf_counter()
         try:
-            rows = [_flat(r) for r in compile_report(load_config(spec), slice_name, steps)]
+            config = load_config(spec)
+            rows = [_flat(r) for r in compile_report(config, slice_name, steps or default_steps(config))]
         except Exception as e:  # noqa: BLE001 - report it and go on with the other configs
             print(f"{spec} on {slice_name}: failed: {type(e).__name__}: {str(e)[:500]}", flush=True)
             continue
         for r in rows:
-            r.update(setting=f"{spec}@{slice_name}", config=spec, slice=slice_name)
+            r.update(setting=f"{spec}@{slice_name} {r['step']}", config=spec, slice=slice_name)
         all_rows += rows
-        write_rows(path, rows, {rows[0]["setting"]})  # after each config: a long run keeps what it finished
+        write_rows(path, rows, {r["setting"] for r in rows})  # after each config: a long run keeps what it finished
         print(f"{spec} on {slice_name}: {time.perf_counter() - start:.0f} s", flush=True)
     print(markdown_table(all_rows, COLS))
 

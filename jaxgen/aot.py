@@ -1,7 +1,7 @@
 """Compile a config's train step and evaluation step for a Cloud TPU slice, without TPU hardware.
 
     python -m jaxgen.aot --config configs/X.py[:variant] --topology v5e-16 [--config.key=value ...]
-                         [--steps train,eval] [--json PATH]
+                         [--steps train,eval[,inception]] [--json PATH]
 
 libtpu (installed by the `tpu` extra) compiles for an abstract slice from
 `jax.experimental.topologies.get_topology_desc` while JAX itself runs on the CPU (JAX_PLATFORMS=cpu is
@@ -178,6 +178,15 @@ def _out_of_memory(error: Exception, chip: Chip, per_chip: int) -> dict:
                 bound_by=None, loop_bodies_counted_once=None)
 
 
+STEPS = ("train", "eval", "inception")
+
+
+def default_steps(config) -> tuple[str, ...]:
+    """train and eval, and the Inception feature extraction where the evaluation scores with it."""
+    inception = config.get("eval", {}).get("metric", "") == "inception"
+    return ("train", "eval") + (("inception",) if inception else ())
+
+
 def compile_report(config, slice_name: str, steps=("train", "eval")) -> list[dict]:
     """Compile `steps` of `config` for `slice_name` and return one report row per step (see the module docstring)."""
     _ensure_cpu_backend()
@@ -188,9 +197,9 @@ def compile_report(config, slice_name: str, steps=("train", "eval")) -> list[dic
     from jaxgen.train import mesh as mesh_lib
     from jaxgen.train.loop import run_mesh, sharded_train_step
 
-    unknown = set(steps) - {"train", "eval"}
+    unknown = set(steps) - set(STEPS)
     if unknown or not steps:
-        raise ValueError(f"steps must be a non-empty subset of ('train', 'eval'), got {tuple(steps)!r}")
+        raise ValueError(f"steps must be a non-empty subset of {STEPS}, got {tuple(steps)!r}")
     chip, topology = parse_slice(slice_name)
     config = config.copy_and_resolve_references()
     if config.data.name not in _bundled_data_names():
@@ -225,6 +234,10 @@ def compile_report(config, slice_name: str, steps=("train", "eval")) -> list[dic
             fn = sharded_train_step(task, state_sharding, mesh_lib.batch_sharding(mesh), train_key)
             args = (state_args, batch, jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated))
             what = f"train step, global batch {B}"
+        elif step == "inception":
+            from jaxgen import data as data_lib
+
+            fn, args, what = _inception_step(mesh, config.eval.batch_size, data_lib.dataset_info(config.data).shape)
         else:
             if getattr(task, "eval_step", None) is None:
                 raise ValueError(f"task {config.task!r} exposes no eval_step to compile (use --steps train)")
@@ -240,6 +253,29 @@ def compile_report(config, slice_name: str, steps=("train", "eval")) -> list[dic
         row["compile_s"] = time.perf_counter() - start
         rows.append(row)
     return rows
+
+
+def _inception_step(mesh, batch_size_per_device: int, image_shape):
+    """The FID Inception-v3 extraction step over all of `mesh`'s devices (the run's evaluation uses each host's
+    own devices; per chip the program is the same), with abstract weights."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    from jaxgen.metrics import fid, inception
+
+    graphdef, flat = inception._abstract()
+    flat_mesh = Mesh(np.asarray(mesh.devices).reshape(-1), ("data",))
+    state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(flat_mesh, P())),
+                         nnx.from_flat_state(flat))
+    b = batch_size_per_device * flat_mesh.size
+    h, w = image_shape[:2]  # grayscale is repeated to RGB before the step
+    x = jax.ShapeDtypeStruct((b, h, w, 3), jnp.float32, sharding=NamedSharding(flat_mesh, P("data")))
+    fn = fid.extraction_step(graphdef, flat_mesh, (-1.0, 1.0))
+    return fn, (state, x), (f"FID Inception-v3 features of {batch_size_per_device} {h}x{w} images per device "
+                            f"(resized to 299x299)")
 
 
 def _bundled_data_names() -> tuple[str, ...]:
@@ -303,13 +339,13 @@ def append_json(path: str, rows: list[dict], **extra) -> None:
 
 
 USAGE = ("usage: python -m jaxgen.aot --config configs/X.py[:variant] --topology SLICE "
-         "[--config.key=value ...] [--steps train,eval] [--json PATH]")
+         "[--config.key=value ...] [--steps train,eval,inception] [--json PATH]")
 
 
 def parse_args(argv: list[str]) -> dict[str, Any]:
     from jaxgen.config import ConfigError
 
-    out: dict[str, Any] = dict(config=None, topology=None, steps="train,eval", json=None, overrides=[])
+    out: dict[str, Any] = dict(config=None, topology=None, steps=None, json=None, overrides=[])
     i = 0
     while i < len(argv):
         name, eq, value = argv[i].partition("=")
@@ -330,9 +366,11 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     for key in ("config", "topology"):
         if out[key] is None:
             raise ConfigError(f"--{key} is required; {USAGE}")
-    out["steps"] = tuple(s.strip() for s in out["steps"].split(",") if s.strip())
-    if not out["steps"] or set(out["steps"]) - {"train", "eval"}:
-        raise ConfigError(f"--steps={','.join(out['steps'])!r} must name train and/or eval, comma-separated")
+    if out["steps"] is not None:  # default: default_steps(config)
+        out["steps"] = tuple(s.strip() for s in out["steps"].split(",") if s.strip())
+        if not out["steps"] or set(out["steps"]) - set(STEPS):
+            raise ConfigError(f"--steps={','.join(out['steps'])!r} must name some of {', '.join(STEPS)}, "
+                              f"comma-separated")
     return out
 
 
@@ -347,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args["config"])
         apply_overrides(config, args["overrides"])
         validate(config)
-        rows = compile_report(config, args["topology"], args["steps"])
+        rows = compile_report(config, args["topology"], args["steps"] or default_steps(config))
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -184,3 +184,14 @@ def test_every_task_exposes_an_eval_step_that_lowers(config_file):
     task = tasks.build(config)
     fn, args, what = task.eval_step(jax.eval_shape(task.init, jax.random.key(0)))
     assert fn.lower(*args).out_info is not None and what
+
+
+def test_inception_extraction_is_a_default_step_only_where_evaluation_scores_with_it():
+    from jaxgen.config import load_config
+
+    cifar = os.path.join(ROOT, "configs", "ddpm_cifar10.py")
+    assert aot.default_steps(load_config(cifar)) == ("train", "eval", "inception")
+    assert aot.default_steps(load_config(cifar + ":smoke")) == ("train", "eval")  # its classifier metric
+    assert aot.parse_args(["--config", SMOKE, "--topology", "v5e:2x2"])["steps"] is None
+    assert aot.parse_args(["--config", SMOKE, "--topology", "v5e:2x2", "--steps", "inception"])["steps"] == (
+        "inception",)

@@ -234,6 +234,23 @@ def quantize_8bit(x, input_range=(-1.0, 1.0)):
     return p * ((hi - lo) / 255.0) + lo
 
 
+def extraction_step(graphdef, mesh: Mesh, input_range, quantize: bool = True):
+    """jit(forward(state, x) -> {'pool3', 'logits', 'logits_unbiased'}) of the Inception-v3 `graphdef`: its
+    state replicated over `mesh`, the batch x split along the mesh's first axis (`InceptionExtractor`'s step;
+    `jaxgen.aot` compiles it for a TPU slice)."""
+    replicated = NamedSharding(mesh, P())
+    batch = NamedSharding(mesh, P(mesh.axis_names[0]))
+
+    def forward(state, x):
+        if quantize:
+            x = quantize_8bit(x, input_range)
+        m = nnx.merge(graphdef, state)
+        pool3, logits = m(x)
+        return dict(pool3=pool3, logits=logits, logits_unbiased=m.logits_unbiased(pool3))
+
+    return jax.jit(forward, in_shardings=(replicated, batch), out_shardings=batch)
+
+
 class InceptionExtractor:
     """Jitted FID Inception-v3 over a 1-D mesh of local devices: images -> (pool3, IS logits).
 
@@ -259,20 +276,8 @@ class InceptionExtractor:
         self.batch_size = int(batch_size_per_device) * len(devices)
         self.input_range, self.quantize = model.input_range, bool(quantize)
         graphdef, state = nnx.split(model)
-        replicated = NamedSharding(self.mesh, P())
-        batch = NamedSharding(self.mesh, P("data"))
-        self._state = jax.device_put(state, replicated)
-        lo, hi = model.input_range
-        do_quantize = self.quantize
-
-        def forward(state, x):
-            if do_quantize:
-                x = quantize_8bit(x, (lo, hi))
-            m = nnx.merge(graphdef, state)
-            pool3, logits = m(x)
-            return dict(pool3=pool3, logits=logits, logits_unbiased=m.logits_unbiased(pool3))
-
-        self._forward = jax.jit(forward, in_shardings=(replicated, batch), out_shardings=batch)
+        self._state = jax.device_put(state, NamedSharding(self.mesh, P()))
+        self._forward = extraction_step(graphdef, self.mesh, model.input_range, self.quantize)
 
     def extract(self, images_BHWC) -> dict[str, np.ndarray]:
         shape = tuple(images_BHWC.shape)
