@@ -221,3 +221,30 @@ def test_fsdp_shards_large_parameters():
     assert tuple(sh["small"].spec) == () and tuple(sh["odd"].spec) == ()
     x = jax.device_put(jnp.ones((6, 512, 256)), sh["big"])
     assert x.addressable_shards[0].data.shape == (6, 128, 256)
+
+
+def test_arrays_a_step_creates_are_split_over_the_batch_axes_by_shard_batch():
+    """Under the loop's train step, mesh.shard_batch splits noise a task draws itself (SiD's z) along the
+    batch axes, as the data batch is; outside a mesh it returns its input unchanged."""
+    import ml_collections
+
+    from jaxgen.train import mesh as mesh_lib
+    from jaxgen.train.loop import sharded_train_step
+
+    mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=4, fsdp=2)))
+
+    def train_step(state, batch, key):
+        z = jax.random.normal(key, batch["x"].shape)
+        return state, dict(z=mesh_lib.shard_batch(z), other=jax.random.normal(jax.random.fold_in(key, 1), (16, 3)))
+
+    task = tasks.Task(init=None, train_step=train_step, evaluate=None)
+    step = sharded_train_step(task, mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh), jax.random.key(0))
+    batch = jax.device_put({"x": jnp.zeros((16, 3))}, mesh_lib.batch_sharding(mesh))
+    _, m = step(jnp.zeros(()), batch, 0)
+    assert m["z"].sharding.is_equivalent_to(mesh_lib.batch_sharding(mesh), 2)
+    assert {s.data.shape for s in m["z"].addressable_shards} == {(2, 3)}  # 16 rows over 8 devices
+    assert m["other"].sharding.is_fully_replicated  # without it, XLA replicates the noise (and the work on it)
+    expected = jax.random.normal(jax.random.fold_in(jax.random.key(0), 0), (16, 3))  # the same numbers
+    np.testing.assert_array_equal(np.asarray(m["z"]), np.asarray(expected))
+    z = jnp.ones((4, 2))
+    assert mesh_lib.shard_batch(z) is z

@@ -148,7 +148,9 @@ def make_sid_step(generator_apply: Callable, fake_apply: Callable, teacher: Call
     """step(state: SiDState, teacher_params, key) -> (state, metrics), jitted.
 
     Fake score: one DSM update on sg(x_g); generator: one update of `sid_generator_loss` against the updated
-    fake score (fresh z). Non-finite updates are skipped and counted (gen_skipped / fake_skipped).
+    fake score (fresh z). Non-finite updates are skipped and counted (gen_skipped / fake_skipped). The noise z is
+    split over the batch axes of the mesh the step is traced under (`jaxgen.train.mesh.shard_batch`): SiD reads
+    no data batch that would otherwise tell XLA to split the work.
     Defaults: alpha = 1.2, sigma_init = 2.5 (Zhou et al. 2024).
     """
     alpha = _checks.number("alpha", alpha)
