@@ -11,11 +11,11 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
 import pytest
+from signals import signal_self_when
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 24
@@ -186,31 +186,10 @@ def test_resume_on_one_process(runs, tmp_path, capsys):
 def test_sigint_checkpoints_the_current_step_and_exits_130(tmp_path, capsys):
     """The CLI's main in this process; a thread sends this process SIGINT once the run's own handler is installed
     and 2 steps are logged (the exit status as a process: tests/test_cli.py's process-boundary test)."""
-    assert threading.current_thread() is threading.main_thread(), "the run's signal handlers need the main thread"
     steps, work = 100, tmp_path / "run"  # steps: the margin for the signal to land before the end
-    strays = []
-    # A SIGINT that misses the run (it ended first) is recorded here instead of interrupting the test session.
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: strays.append(signum))
-    ours = signal.getsignal(signal.SIGINT)
-    sent = threading.Event()
-
-    def watch():
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            if signal.getsignal(signal.SIGINT) is not ours and _rows(work) >= 2:
-                os.kill(os.getpid(), signal.SIGINT)
-                sent.set()
-                return
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
+    with signal_self_when(signal.SIGINT, lambda: _rows(work) >= 2, timeout=240) as sig:
         rc, _, err = _main_in_process(work, f"--config.train.num_steps={steps}", capsys=capsys)
-        watcher.join(timeout=10)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    assert sent.is_set() and not strays, f"the SIGINT missed the run (rc {rc}): {err[-2000:]}"
+    assert sig.sent.is_set() and not sig.strays, f"the SIGINT missed the run (rc {rc}): {err[-2000:]}"
     assert rc == 130, err[-3000:]
     line = [ln for ln in err.splitlines() if ln.startswith("interrupted: checkpoint of step")]
     assert len(line) == 1 and "Traceback" not in err, err[-3000:]

@@ -6,8 +6,6 @@ import io
 import json
 import os
 import signal
-import threading
-import time
 import warnings
 
 import numpy as np
@@ -18,6 +16,7 @@ from gcs_fixture import BUCKET, gcs_emulator  # noqa: F401 - the session fixture
 from jaxgen import config as config_lib
 from jaxgen import paths
 from jaxgen.train.logging import MetricWriter, read_metrics
+from signals import signal_self_when
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(ROOT, "configs", "ddpm_toy2d.py") + ":smoke"
@@ -60,37 +59,15 @@ def gs_run(gcs_emulator, tmp_path_factory):  # noqa: F811
     from jaxgen import run, tasks
     from jaxgen.train.loop import train_and_evaluate
 
-    assert threading.current_thread() is threading.main_thread(), "the run's signal handlers need the main thread"
     cwd = tmp_path_factory.mktemp("cwd")
     repo_before = set(os.listdir(ROOT))
-    strays = []
-    sent = threading.Event()
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(cwd)
-        # A SIGTERM that misses the run (it ended first) is recorded here instead of ending the test process.
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: strays.append(signum))
-        ours = signal.getsignal(signal.SIGTERM)
-
-        def watch():
-            deadline = time.time() + 300
-            while time.time() < deadline:
-                if signal.getsignal(signal.SIGTERM) is not ours:
-                    os.kill(os.getpid(), signal.SIGTERM)
-                    sent.set()
-                    return
-                time.sleep(0.005)
-
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
         err = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(err):
-                rc = run.main(["--config", TOY, "--workdir", f"gs://{BUCKET}/run",
-                               *(f"--config.{k}={v}" for k, v in OVERRIDES.items())])
-            watcher.join(timeout=10)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-        cut = dict(returncode=rc, stderr=err.getvalue(), sent=sent.is_set(), strays=strays,
+        with signal_self_when(signal.SIGTERM) as sig, contextlib.redirect_stderr(err):
+            rc = run.main(["--config", TOY, "--workdir", f"gs://{BUCKET}/run",
+                           *(f"--config.{k}={v}" for k, v in OVERRIDES.items())])
+        cut = dict(returncode=rc, stderr=err.getvalue(), sent=sig.sent.is_set(), strays=sig.strays,
                    checkpoints=gcs_emulator.list("run/checkpoints/"))
         config = _load(TOY, OVERRIDES)
         task = tasks.build(config)  # one task: its jitted samplers are traced once for both runs

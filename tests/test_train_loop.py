@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import jax
@@ -18,6 +17,7 @@ from jaxgen import tasks
 from jaxgen.train.logging import read_metrics
 from jaxgen.tasks import build_and_train
 from jaxgen.train.loop import NonFiniteError, train_and_evaluate
+from signals import signal_self_when
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = "configs/ddpm_toy2d.py:smoke"
@@ -107,32 +107,11 @@ def _sigterm_in_process_after_checkpoint(workdir, after: int, steps, capsys) -> 
     same as a subprocess's (the process boundary itself: tests/test_multihost.py, tests/test_cli.py)."""
     from jaxgen import run
 
-    assert threading.current_thread() is threading.main_thread(), "the run's signal handlers need the main thread"
-    strays = []
-    # A SIGTERM that misses the run (it ended first) is recorded here instead of ending the test process.
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: strays.append(signum))
-    ours = signal.getsignal(signal.SIGTERM)
-    sent = threading.Event()
-
-    def watch():
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            if signal.getsignal(signal.SIGTERM) is not ours and max(_saved(workdir), default=0) > after:
-                os.kill(os.getpid(), signal.SIGTERM)
-                sent.set()
-                return
-            time.sleep(0.01)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
+    with signal_self_when(signal.SIGTERM, lambda: max(_saved(workdir), default=0) > after, timeout=240) as sig:
         capsys.readouterr()
         rc = run.main(["--config", os.path.join(ROOT, TOY), "--workdir", str(workdir), *steps])
-        watcher.join(timeout=10)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     err = capsys.readouterr().err
-    assert sent.is_set() and not strays, f"the SIGTERM missed the run (rc {rc}): {err[-2000:]}"
+    assert sig.sent.is_set() and not sig.strays, f"the SIGTERM missed the run (rc {rc}): {err[-2000:]}"
     assert rc == 143, err[-2000:]
     assert "preempted: checkpoint of step" in err
     return max(_saved(workdir))
