@@ -39,6 +39,8 @@ Measured that way (experiments/results/aot_tpu.json): per chip the train step (b
 not a measurement). The evaluation sampler draws one batch of eval.batch_size = 256 samples per chip at a time
 (its memory does not depend on eval.num_samples): 2.12 GiB per chip, 2988 GFLOP and 25.2 GiB accessed per sampler
 step, at most 30 steps/s (memory bound), so 50,000 samples x 1000 steps take at least ~14 min on v5e-8.
+Scoring them (eval.metric='inception'): the FID Inception-v3 on 256 images per chip takes 4.09 GiB, 2826 GFLOP
+and 32.4 GiB accessed per batch, at most 23.6 batches/s (memory bound): about 1 s for the 50,000 samples.
 """
 
 import ml_collections
