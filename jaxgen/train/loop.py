@@ -244,9 +244,14 @@ def init_state(task, key, state_sharding=None):
 def sharded_train_step(task, state_sharding, batch_sharding, train_key):
     """jit(step(state, batch, step_number)) with the state donated; the key of step s is fold_in(train_key, s)."""
 
+    mesh = getattr(batch_sharding, "mesh", None)  # a NamedSharding's mesh; none for a SingleDeviceSharding
+
     def step_fn(state, batch, step):
-        with jax.sharding.use_abstract_mesh(batch_sharding.mesh.abstract_mesh):  # for mesh.shard_batch
-            return task.train_step(state, batch, jax.random.fold_in(train_key, step))
+        key = jax.random.fold_in(train_key, step)
+        if mesh is None:
+            return task.train_step(state, batch, key)
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # for mesh.shard_batch
+            return task.train_step(state, batch, key)
 
     return jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding, None),
                    out_shardings=(state_sharding, None), donate_argnums=(0,))
