@@ -187,12 +187,15 @@ def default_steps(config) -> tuple[str, ...]:
     return ("train", "eval") + (("inception",) if inception else ())
 
 
-def compile_report(config, slice_name: str, steps=("train", "eval")) -> list[dict]:
-    """Compile `steps` of `config` for `slice_name` and return one report row per step (see the module docstring)."""
-    _ensure_cpu_backend()
+def lower_steps(config, devices, steps=("train", "eval")):
+    """Trace and lower (no compile) `steps` of `config` over `devices` as a run jits them; tfds data are mocked.
+
+    Returns (task, mesh, abstract_state, state_sharding, [(step, what, lowered), ...]). Used by `compile_report`
+    for TPU slices and by the tests on CPU devices (a config's train and evaluation steps trace, cheaply)."""
     import jax
     import jax.numpy as jnp
 
+    from jaxgen import data as data_lib
     from jaxgen import tasks as tasks_lib
     from jaxgen.train import mesh as mesh_lib
     from jaxgen.train.loop import run_mesh, sharded_train_step
@@ -200,13 +203,10 @@ def compile_report(config, slice_name: str, steps=("train", "eval")) -> list[dic
     unknown = set(steps) - set(STEPS)
     if unknown or not steps:
         raise ValueError(f"steps must be a non-empty subset of {STEPS}, got {tuple(steps)!r}")
-    chip, topology = parse_slice(slice_name)
     config = config.copy_and_resolve_references()
     if config.data.name not in _bundled_data_names():
         with config.unlocked():
             config.data.mock = True  # shapes from tfds metadata; no files read
-    devices = topology_devices(topology)
-    per_chip = _devices_per_chip(devices)
     task = tasks_lib.build(config)
     mesh = run_mesh(config, devices)
     init_key, train_key, _ = jax.random.split(jax.random.key(config.seed), 3)  # as jaxgen.train.loop
@@ -215,15 +215,9 @@ def compile_report(config, slice_name: str, steps=("train", "eval")) -> list[dic
     state_args = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                               abstract, state_sharding)
     replicated = mesh_lib.replicated(mesh)
-    common = dict(topology=topology, chip=chip.name, devices=len(devices), chips=len(devices) // per_chip,
-                  mesh=", ".join(f"{k}={v}" for k, v in mesh.shape.items()),
-                  params=sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params)),
-                  sharding=sharding_summary(abstract, state_sharding))
-    rows = []
+    lowered = []
     for step in steps:
         if step == "train":
-            from jaxgen import data as data_lib
-
             info = data_lib.dataset_info(config.data)
             B = config.train.batch_size
             batch = {"x": jax.ShapeDtypeStruct((B,) + tuple(info.shape), jnp.float32)}
@@ -235,8 +229,6 @@ def compile_report(config, slice_name: str, steps=("train", "eval")) -> list[dic
             args = (state_args, batch, jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated))
             what = f"train step, global batch {B}"
         elif step == "inception":
-            from jaxgen import data as data_lib
-
             fn, args, what = _inception_step(mesh, config.eval.batch_size, data_lib.dataset_info(config.data).shape)
         else:
             if getattr(task, "eval_step", None) is None:
@@ -244,13 +236,32 @@ def compile_report(config, slice_name: str, steps=("train", "eval")) -> list[dic
             fn, args, what = task.eval_step(state_args)
             args = _with_default_sharding(args, replicated)
         start = time.perf_counter()
-        lowered = fn.lower(*args)
+        lowered.append((step, what, fn.lower(*args), time.perf_counter() - start))
+    return task, mesh, abstract, state_sharding, lowered
+
+
+def compile_report(config, slice_name: str, steps=("train", "eval")) -> list[dict]:
+    """Compile `steps` of `config` for `slice_name` and return one report row per step (see the module docstring)."""
+    _ensure_cpu_backend()
+    import jax
+
+    chip, topology = parse_slice(slice_name)
+    devices = topology_devices(topology)
+    per_chip = _devices_per_chip(devices)
+    _, mesh, abstract, state_sharding, lowered = lower_steps(config, devices, steps)
+    common = dict(topology=topology, chip=chip.name, devices=len(devices), chips=len(devices) // per_chip,
+                  mesh=", ".join(f"{k}={v}" for k, v in mesh.shape.items()),
+                  params=sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params)),
+                  sharding=sharding_summary(abstract, state_sharding))
+    rows = []
+    for step, what, low, lower_s in lowered:
+        start = time.perf_counter()
         try:
-            analysis = _analyse(lowered.compile(), chip, per_chip)
+            analysis = _analyse(low.compile(), chip, per_chip)
         except Exception as e:  # noqa: BLE001 - XLA:TPU refuses programs that exceed HBM; anything else re-raised
             analysis = _out_of_memory(e, chip, per_chip)
         row = dict(step=step, what=what, **common, **analysis)
-        row["compile_s"] = time.perf_counter() - start
+        row["compile_s"] = lower_s + time.perf_counter() - start
         rows.append(row)
     return rows
 

@@ -277,3 +277,24 @@ def test_a_workdir_of_the_ddpm_task_resumes_under_the_diffusion_task():
     assert workdir_lib.config_differences(old, new) == []
     new["diffusion"]["prediction"] = "x0"
     assert workdir_lib.config_differences(old, new) == [("diffusion.prediction", workdir_lib._ABSENT, "x0")]
+
+
+def test_compiled_sampler_runs_every_step_on_device_without_host_round_trips():
+    """The evaluation sampler is one program: its steps in a while loop, no host callback / infeed / outfeed /
+    send / recv in the optimised HLO (a per-step progress callback, say, would show as one), and its call makes no
+    implicit host transfer. The counter itself is checked on a loop with a callback."""
+    from experiments import bench_sampling
+
+    _, task, state = _toy_task_and_state()
+    fn, args, _ = task.eval_step(state)
+    args = bench_sampling._concrete(args, jax.random.key(1))
+    compiled = fn.lower(*args).compile()
+    traffic = bench_sampling.host_traffic(compiled.as_text())
+    assert traffic["while"] >= 1 and not any(traffic[k] for k in bench_sampling.HOST_OPS), traffic
+    with jax.transfer_guard("disallow"):
+        jax.block_until_ready(compiled(*args))
+
+    def with_callback(x):
+        return jax.lax.fori_loop(0, 3, lambda i, x: (jax.debug.callback(lambda v: None, x), 2 * x)[1], x)
+
+    assert bench_sampling.host_traffic(jax.jit(with_callback).lower(np.ones(2)).compile().as_text())["callback"] == 1
