@@ -1,10 +1,17 @@
-"""One- and few-step generators on the 2-D oracle: CD, CT, iCT, shortcut and SiD beside the teacher's own solver.
+"""One- and few-step generators on the Gaussian-mixture oracles and the digits: CD, CT, iCT, shortcut and SiD beside
+the teacher's own solver.
 
-    python -m experiments.one_step [--quick] [--out DIR]
+    python -m experiments.one_step [--quick] [--out DIR] [--settings oracle-2d,oracle-16d,digits] [--digits-workdir DIR]
 
-Setting `oracle-2d` (the 9-component 2-D mixture, data in about [-1, 1]); the teacher is the exact oracle
-denoiser D(x, sigma) = E[x0 | x0 + sigma n] (`GaussianMixture.denoise`), so every gap to the data is the
-student's. Every student is a small MLP (`MLPDenoiser`, 128 wide, 3 hidden layers; the shortcut model adds a
+Settings (`--settings`, default all three; the rows of settings not run are kept in the JSON):
+`oracle-2d` (the 9-component 2-D mixture, data in about [-1, 1]) and `oracle-16d` (6 components in 16-D, means
+uniform in [-0.6, 0.6]^16, the reflow experiment's): the teacher is the exact oracle denoiser
+D(x, sigma) = E[x0 | x0 + sigma n] (`GaussianMixture.denoise`), so every gap to the data is the student's.
+`digits`: the configs configs/edm_digits.py (the teacher), cm_digits.py (:cd, :ct, :ict), shortcut_digits.py and
+sid_digits.py run through their tasks as a user runs them (`run_digits`), each in DIR/<name> (--digits-workdir,
+default runs/one_step_digits; a workdir holding a checkpoint is only evaluated), scored by `fd`, the Fréchet
+distance to the test split in the digits classifier's features (297 samples), at 1, 2, 4 NFE.
+On the oracles every student is a small MLP (`MLPDenoiser`, 128 wide, 3 hidden layers; the shortcut model adds a
 step-size embedding), Adam, batch 256, evaluated with an EMA of its weights (0.995):
 
     cd        consistency distillation: N = 18, one Heun step of the oracle's PF-ODE, EMA target mu = 0.95
@@ -16,9 +23,13 @@ step-size embedding), Adam, batch 256, evaluated with an EMA of its weights (0.9
     teacher   the oracle's PF-ODE from sigma = 80: Euler (NFE = steps) and Heun (NFE = 2 x steps), and Heun at 64 NFE
 
 Consistency models sample with the multistep algorithm on the Karras grid (`consistency_sample_sigmas`),
-shortcut with n equal steps of size 1/n. Measured: `sw2` (sliced W2, 256 directions) and `mmd` against fresh
-oracle samples (4000 generated points); the `data` row is the noise floor (fresh against fresh).
-Figure: one_step.png, 1-NFE samples of every method beside the data and the teacher at 1 and 64 NFE.
+x = f(sigma_0 z, sigma_0), then x = f(x + sqrt(tau^2 - sigma_min^2) z', tau) for each next level tau; shortcut
+with n equal steps x_{t - 1/n} = x_t - s(x_t, t, 1/n) / n. Measured on the oracles: `sw2` (sliced W2, 256
+directions) and `mmd` against fresh oracle samples (4000 generated points, --quick 2000); the `data` row is the
+noise floor (fresh against fresh).
+Figures: one_step.png (oracle-2d) and one_step_16d.png (oracle-16d, projected on the data's two leading principal
+axes), 1-NFE samples of every method beside the data and the teacher at 1 and 64 NFE; the digits runs write
+theirs into their workdirs (figures/samples_<method>-<n>step.png).
 Expected: every one-step student far better than the teacher's 1-step sample (the posterior mean).
 
 Measured (results/one_step.json, 5000 steps per student, 13 min on 2 shared cores; --quick: 1500 steps, 7 min),
@@ -56,7 +67,7 @@ from jaxgen.nets.embeddings import TimeEmbedding  # noqa: E402
 from jaxgen.train.state import ema_update  # noqa: E402
 from experiments._report import markdown_table, prepare_out, sample_quality, save_figure, write_rows  # noqa: E402
 
-SETTING = "oracle-2d"
+SETTINGS = {"oracle-2d": D.oracle_2d, "oracle-16d": D.oracle_16d}
 SPEC = C.ConsistencySpec()
 BATCH, HIDDEN, DEPTH, EVAL_EMA = 256, 128, 3, 0.995
 
@@ -99,7 +110,7 @@ def _train(step_fn, carry, steps, key, chunk=100):
 
 def train_consistency(kind, gm, steps, key, lr=1e-3):
     """CD / CT / iCT: returns f(x, sigma) with the EMA weights."""
-    apply_net, params = _split(MLPDenoiser(2, hidden=HIDDEN, depth=DEPTH, rngs=nnx.Rngs(0)))
+    apply_net, params = _split(MLPDenoiser(gm.dim, hidden=HIDDEN, depth=DEPTH, rngs=nnx.Rngs(0)))
     apply = lambda p, x_in, c_noise, key: apply_net(p, x_in, c_noise, key=key)  # noqa: E731
     teacher = lambda x, s: gm.denoise(x, 1.0, s)  # noqa: E731
     tx = optax.adam(lr)
@@ -132,7 +143,7 @@ def train_consistency(kind, gm, steps, key, lr=1e-3):
 
 
 def train_shortcut(gm, steps, key, lr=1e-3):
-    apply_net, params = _split(ShortcutMLP(2, nnx.Rngs(0)))
+    apply_net, params = _split(ShortcutMLP(gm.dim, nnx.Rngs(0)))
     apply = lambda p, x, t, level, key: apply_net(p, x, t, level)  # noqa: E731
     tx = optax.adam(lr)
 
@@ -166,7 +177,7 @@ def edm_denoiser_net(apply_net, sigma_data=0.5):
 def train_sid(gm, steps, pre_steps, key, alpha=1.2, sigma_init=2.5, lr=1e-4):
     """SiD: pre-train one EDM denoiser on the data (DSM), copy it into the fake score and the generator
     G(z) = D(sigma_init z, sigma_init), then run the alternating SiD step against the oracle teacher."""
-    apply_net, params = _split(MLPDenoiser(2, hidden=HIDDEN, depth=DEPTH, rngs=nnx.Rngs(0)))
+    apply_net, params = _split(MLPDenoiser(gm.dim, hidden=HIDDEN, depth=DEPTH, rngs=nnx.Rngs(0)))
     den = edm_denoiser_net(apply_net)
     tx = optax.adam(1e-3)
 
@@ -189,7 +200,7 @@ def train_sid(gm, steps, pre_steps, key, alpha=1.2, sigma_init=2.5, lr=1e-4):
     teacher = lambda g, x, s: g.denoise(x, 1.0, s)  # noqa: E731
     gen_tx, fake_tx = optax.adam(lr, b1=0.0), optax.adam(lr, b1=0.0)
     state = SID.init_sid_state(params, jax.tree.map(jnp.copy, params), gen_tx, fake_tx)
-    sid_step = SID.make_sid_step(gen_apply, den, teacher, gen_tx, fake_tx, (BATCH, 2), alpha=alpha,
+    sid_step = SID.make_sid_step(gen_apply, den, teacher, gen_tx, fake_tx, (BATCH, gm.dim), alpha=alpha,
                                  sigma_init=sigma_init)
 
     def step(carry, key):
@@ -201,30 +212,27 @@ def train_sid(gm, steps, pre_steps, key, alpha=1.2, sigma_init=2.5, lr=1e-4):
     return (lambda z: gen_apply(ema, sigma_init * z, None)), losses, int(state.gen_skipped)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default="experiments/results")
-    args = ap.parse_args(argv)
-    prepare_out(args.out)
-    steps = 1500 if args.quick else 5000
-    n = 2000 if args.quick else 4000
-    gm = D.oracle_2d()
+def run_oracle(setting, quick, log=print):
+    """One oracle setting: the teacher's solvers and every student, scored against fresh oracle samples.
+    Returns (rows, {name: samples} for the figure)."""
+    steps = 1500 if quick else 5000
+    n = 2000 if quick else 4000
+    gm = SETTINGS[setting]()
+    dim = gm.dim
     data = gm.sample(jax.random.key(123), n)
     kq = jax.random.key(7)
     rows, samples = [], {}
-    t_all = time.time()
 
     def add(method, nfe, x, **extra):
         q = sample_quality(x, data, kq)
-        rows.append(dict(method=method, setting=SETTING, nfe=nfe, **q, **extra))
-        print(f"  {method:9s} nfe={nfe:3d} sw2={q['sw2']:.4f} mmd={q['mmd']:.5f}", flush=True)
+        rows.append(dict(method=method, setting=setting, nfe=nfe, **q, **extra))
+        log(f"  {setting} {method:9s} nfe={nfe:3d} sw2={q['sw2']:.4f} mmd={q['mmd']:.5f}")
         if nfe == 1 or (method == "teacher-heun" and nfe == 64) or method == "data":
             samples.setdefault(method if method != "teacher-heun" else f"teacher-heun {nfe}", np.asarray(x))
 
     add("data", 0, gm.sample(jax.random.key(5), n))
     p = D.EDM()
-    x_T = 80.0 * jax.random.normal(jax.random.key(11), (n, 2))
+    x_T = 80.0 * jax.random.normal(jax.random.key(11), (n, dim))
     for solver, nfes in (("euler", (1, 2, 4)), ("heun", (2, 4, 64))):
         for nfe in nfes:
             ts = D.time_grid(p, nfe if solver == "euler" else nfe // 2)
@@ -235,27 +243,118 @@ def main(argv=None):
         f, losses = train_consistency(kind, gm, steps, jax.random.fold_in(key, j))
         train_s = time.time() - t0
         for nfe in (1, 2, 4):
-            x = C.consistency_sample(f, jax.random.fold_in(key, 100 + nfe), (n, 2), C.consistency_sample_sigmas(nfe))
+            x = C.consistency_sample(f, jax.random.fold_in(key, 100 + nfe), (n, dim),
+                                     C.consistency_sample_sigmas(nfe))
             add(kind, nfe, x, train_s=train_s, steps=steps, final_loss=float(np.mean(losses[-100:])))
     t0 = time.time()
     s_fn, losses = train_shortcut(gm, steps, jax.random.fold_in(key, 7))
     train_s = time.time() - t0
-    eps = jax.random.normal(jax.random.key(12), (n, 2))
+    eps = jax.random.normal(jax.random.key(12), (n, dim))
     for nfe in (1, 2, 4, 128):
         add("shortcut", nfe, SC.shortcut_sample(s_fn, eps, nfe), train_s=train_s, steps=steps,
             final_loss=float(np.mean(losses[-100:])))
     t0 = time.time()
-    g, losses, skipped = train_sid(gm, steps, 500 if args.quick else 2000, jax.random.fold_in(key, 9))
-    add("sid", 1, g(jax.random.normal(jax.random.key(13), (n, 2))), train_s=time.time() - t0, steps=steps,
+    g, losses, skipped = train_sid(gm, steps, 500 if quick else 2000, jax.random.fold_in(key, 9))
+    add("sid", 1, g(jax.random.normal(jax.random.key(13), (n, dim))), train_s=time.time() - t0, steps=steps,
         final_loss=float(np.mean(losses[-100:])), skipped=skipped)
-    rows = write_rows(os.path.join(args.out, "one_step.json"), rows, [SETTING])
-    _figure(samples, os.path.join(args.out, "one_step.png"))
-    print(markdown_table(rows, ["method", "setting", "nfe", "sw2", "mmd", "train_s", "final_loss"]))
-    print(f"\n(total {time.time() - t_all:.0f} s, {steps} training steps per student)")
+    return rows, samples
 
 
-def _figure(samples, path):
+# The digits setting: (method, workdir name, config file and variant, the teacher's workdir name or None).
+DIGITS = (("teacher", "edm_digits", "edm_digits.py", None),
+          ("cd", "cd_digits", "cm_digits.py:cd", "edm_digits"),
+          ("ct", "ct_digits", "cm_digits.py:ct", None),
+          ("ict", "ict_digits", "cm_digits.py:ict", None),
+          ("shortcut", "shortcut_digits", "shortcut_digits.py", None),
+          ("sid", "sid_digits", "sid_digits.py", "edm_digits"))
+DIGITS_QUICK_STEPS = 300  # --quick: training steps of each digits model trained from scratch (the teacher 600)
+
+
+def run_digits(workdir, quick, log=print):
+    """The digits setting through the tasks, as a user runs the configs (configs/edm_digits.py, cm_digits.py,
+    shortcut_digits.py, sid_digits.py): each model in workdir/<name>, trained only where the workdir holds no
+    checkpoint (--quick: DIGITS_QUICK_STEPS steps), then evaluated on its final checkpoint: fd to the test split in
+    the digits classifier's features (297 samples) at 1, 2, 4 NFE (and the shortcut model at 128 steps); the EDM
+    teacher with Euler at 1, 2, 4 steps and Heun at 35 NFE (its config's sampler)."""
+    from jaxgen import config as config_lib
+    from jaxgen.tasks import build_and_train
+
+    cdir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    rows = []
+    for method, name, spec, teacher in DIGITS:
+        def config(**evals):
+            c = config_lib.load_config(os.path.join(cdir, spec))
+            if method == "teacher":
+                c.eval.untrained_baseline = False
+            if quick:
+                c.train.num_steps = 2 * DIGITS_QUICK_STEPS if method == "teacher" else DIGITS_QUICK_STEPS
+            if teacher:
+                c.teacher.workdir = os.path.join(workdir, teacher)
+            c.eval.update(evals)
+            return c
+
+        wd = os.path.join(workdir, name)
+        t0 = time.time()
+        fresh = not (os.path.isdir(os.path.join(wd, "checkpoints")) and os.listdir(os.path.join(wd, "checkpoints")))
+        out = build_and_train(config(), wd)  # trains only what the workdir lacks, then evaluates
+        wall = time.time() - t0
+        log(f"digits {method}: {'trained and evaluated' if fresh else 'evaluated'} in {wd} ({wall:.0f} s)")
+        steps = config().train.num_steps
+        if method == "teacher":
+            rows.append(dict(method="teacher-heun", setting="digits", nfe=35, fd=out["eval/fd"], steps=steps))
+            for nfe in (1, 2, 4):
+                o = build_and_train(config(sampler="euler", sample_steps=nfe, clip_x0=None), wd)
+                rows.append(dict(method="teacher-euler", setting="digits", nfe=nfe, fd=o["eval/fd"], steps=steps))
+        else:
+            for k, v in sorted(out.items()):
+                if k.startswith("eval/fd_") and k.endswith("step"):
+                    rows.append(dict(method=method, setting="digits", nfe=int(k[len("eval/fd_"):-len("step")]),
+                                     fd=v, steps=steps, wall_s=wall if fresh else None))
+        log("  " + ", ".join(f"{r['method']} {r['nfe']}: fd {r['fd']:.3f}" for r in rows
+                             if r["method"].split("-")[0] == method))
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default="experiments/results")
+    ap.add_argument("--settings", default="oracle-2d,oracle-16d,digits",
+                    help="comma-separated subset of oracle-2d,oracle-16d,digits; the other settings' rows are kept")
+    ap.add_argument("--digits-workdir", default="runs/one_step_digits",
+                    help="where the digits setting keeps its workdirs (reused when they hold checkpoints)")
+    args = ap.parse_args(argv)
+    settings = args.settings.split(",")
+    for s in settings:
+        if s not in tuple(SETTINGS) + ("digits",):
+            ap.error(f"--settings: unknown setting {s!r}; accepted: {', '.join(SETTINGS)}, digits")
+    prepare_out(args.out)
+    t_all = time.time()
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    rows = []
+    for setting in settings:
+        t0 = time.time()
+        if setting == "digits":
+            r = run_digits(args.digits_workdir, args.quick, log)
+        else:
+            r, samples = run_oracle(setting, args.quick, log)
+            name = "one_step.png" if setting == "oracle-2d" else f"one_step_{setting.split('-')[1]}.png"
+            _figure(samples, os.path.join(args.out, name), project=setting != "oracle-2d")
+        rows += [row | {"quick": args.quick} for row in r]
+        log(f"{setting} done ({time.time() - t0:.0f} s)")
+    rows = write_rows(os.path.join(args.out, "one_step.json"), rows, settings)
+    print(markdown_table(rows, ["method", "setting", "nfe", "sw2", "mmd", "fd", "train_s", "final_loss"]))
+    print(f"\n(total {time.time() - t_all:.0f} s)")
+
+
+def _figure(samples, path, project=False):
+    """1-NFE samples of every method (scatter); project: onto the data's two leading principal axes."""
     names = list(samples)
+    if project:
+        d = samples["data"]
+        _, _, vt = np.linalg.svd(d - d.mean(0), full_matrices=False)
+        samples = {k: (v - d.mean(0)) @ vt[:2].T for k, v in samples.items()}
+    lim = 1.2 * float(np.abs(samples["data"]).max()) if project else 1.2
     cols = 4
     fig, axes = plt.subplots(math.ceil(len(names) / cols), cols, figsize=(3 * cols, 3 * math.ceil(len(names) / cols)))
     for ax in axes.flat:
@@ -263,8 +362,8 @@ def _figure(samples, path):
     for ax, name in zip(axes.flat, names):
         x = samples[name][:2000]
         ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.5)
-        ax.set_xlim(-1.2, 1.2)
-        ax.set_ylim(-1.2, 1.2)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
         ax.set_title(name if name.startswith(("data", "teacher-heun 64")) else f"{name}, 1 NFE", fontsize=9)
         ax.set_aspect("equal")
     fig.tight_layout()
