@@ -4,6 +4,7 @@ Every output goes through `jaxgen.paths`, so `--out` may be a local folder or a 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -53,6 +54,24 @@ def prepare_out(out: str) -> str:
         raise SystemExit(2) from None  # like argparse's usage errors
     paths.makedirs(out)
     return out
+
+
+def parse_setting_args(description: str, settings: tuple[str, ...], digits_workdir: str, argv=None):
+    """The arguments of the experiments run per setting (oracles and digits): --quick, --out, --settings (a
+    comma-separated subset of `settings`, returned as a list) and --digits-workdir."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default="experiments/results")
+    ap.add_argument("--settings", default=",".join(settings),
+                    help=f"comma-separated subset of {','.join(settings)}; the other settings' rows are kept")
+    ap.add_argument("--digits-workdir", default=digits_workdir,
+                    help="where the digits setting keeps its workdirs (reused when they hold checkpoints)")
+    args = ap.parse_args(argv)
+    args.settings = args.settings.split(",")
+    for s in args.settings:
+        if s not in settings:
+            ap.error(f"--settings: unknown setting {s!r}; accepted: {', '.join(settings)}")
+    return args
 
 
 def write_json(path: str, obj, indent: int = 1) -> None:

@@ -6,6 +6,12 @@ MFU = achieved FLOP/s / peak FLOP/s, with the step's FLOPs from XLA's cost analy
 step (per device, times the device count) and the peak measured in the same run as the best float32 matmul rate (jnp.dot of two n x n
 matrices). Rows for the quickstart UNet (8x8 digits) and the CIFAR-10 UNet (35.7M parameters) at
 several batch sizes, on 1 device and on 8 emulated devices (data parallel over the same cores).
+
+Then a profile of the CIFAR-10 step (batch 32, 1 device; --quick: batch 8) from a `jax.profiler` trace of 3 steps:
+the time of every executed XLA op, summed over threads, by category (convolution, matmul, reduction, layout copies
+and transposes, elementwise fusions, collectives, other), a category read from the compiled HLO (a fusion counts as
+the heaviest op it contains: convolution > matmul > reduction > layout > elementwise), and the 10 ops that take
+longest. Written to bench_train_step_profile.json.
 """
 
 from __future__ import annotations
@@ -15,6 +21,10 @@ import os
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
 
 import argparse
+import collections
+import glob
+import re
+import tempfile
 import time
 
 import jax
@@ -81,8 +91,95 @@ def bench_step(config_spec: str, batch_size: int, num_devices: int, iters: int) 
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t)
     step_s = float(np.median(times))
-    return dict(compile_s=compile_s, time_ms=1e3 * step_s, gflop_per_step=flops / 1e9,
-                achieved_gflops=flops / step_s / 1e9, examples_per_sec=batch_size / step_s)
+    row = dict(compile_s=compile_s, time_ms=1e3 * step_s, gflop_per_step=flops / 1e9,
+               achieved_gflops=flops / step_s / 1e9, examples_per_sec=batch_size / step_s)
+    return row, (compiled, state, batch, step_no)
+
+
+# Categories in priority order: a fusion is counted as the first category any op inside it belongs to.
+OP_CATEGORIES = (("convolution", ("convolution",)), ("matmul", ("dot",)),
+                 ("reduction", ("reduce", "reduce-window", "select-and-scatter", "scatter", "sort")),
+                 ("collective", ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")),
+                 ("layout (copy / transpose)", ("copy", "transpose", "concatenate", "pad", "slice",
+                                                "dynamic-slice", "dynamic-update-slice", "gather")))
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = .*?\s([a-z][a-z0-9\-]*)\((.*)$")
+_CALLS = re.compile(r"(?:calls|to_apply|body|condition)=%([\w.\-]+)")
+
+
+def hlo_op_categories(hlo_text: str) -> dict[str, str]:
+    """{instruction name: category} for every instruction of an optimised HLO module (see OP_CATEGORIES)."""
+    opcode, calls, members, comp = {}, {}, collections.defaultdict(set), None
+    for line in hlo_text.splitlines():
+        if line and not line[0].isspace():  # a computation's header (or its closing brace)
+            m = re.match(r"(?:ENTRY )?%([\w.\-]+)", line)
+            comp = m.group(1) if m else comp
+            continue
+        m = _INSTRUCTION.match(line)
+        if m:
+            name, op, rest = m.groups()
+            opcode[name], calls[name] = op, _CALLS.findall(rest)
+            members[comp].add(op)
+            members[comp].update(f"@{c}" for c in calls[name])
+
+    def ops_of(comp_name, seen):
+        out = set()
+        for op in members.get(comp_name, ()):
+            if op.startswith("@"):
+                if op[1:] not in seen:
+                    seen.add(op[1:])
+                    out |= ops_of(op[1:], seen)
+            else:
+                out.add(op)
+        return out
+
+    categories = {}
+    for name, op in opcode.items():
+        ops = {op}
+        if op in ("fusion", "custom-call"):
+            for c in calls[name]:
+                ops |= ops_of(c, {c})
+        categories[name] = next((cat for cat, members_ in OP_CATEGORIES if ops & set(members_)),
+                                "elementwise" if op == "fusion" or ops - {"fusion"} <= _ELEMENTWISE else "other")
+    return categories
+
+
+_ELEMENTWISE = {"add", "subtract", "multiply", "divide", "maximum", "minimum", "exponential", "log", "rsqrt",
+                "sqrt", "tanh", "logistic", "negate", "select", "compare", "convert", "broadcast", "constant",
+                "parameter", "bitcast", "iota", "and", "or", "not", "abs", "power", "sine", "cosine", "clamp",
+                "exponential-minus-one", "log-plus-one", "floor", "sign", "reshape", "tuple", "get-tuple-element"}
+_CONTAINERS = ("while", "call", "conditional")  # their events enclose the ops they run
+
+
+def op_profile(compiled, state, *args, steps: int = 3) -> dict:
+    """Per-category share of the XLA op time of `steps` train steps `state, _ = compiled(state, *args)` (the
+    state is donated), from a jax.profiler trace."""
+    categories = hlo_op_categories(compiled.as_text())
+    state, out = compiled(state, *args)
+    jax.block_until_ready(out)
+    trace_dir = tempfile.mkdtemp(prefix="jaxgen-profile-")
+    t = time.perf_counter()
+    with jax.profiler.trace(trace_dir):
+        for _ in range(steps):
+            state, out = compiled(state, *args)
+            jax.block_until_ready(out)
+    wall_s = time.perf_counter() - t
+    data = jax.profiler.ProfileData.from_file(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"),
+                                                        recursive=True)[0])
+    per_op = collections.Counter()
+    for plane in data.planes:
+        for line in plane.lines:
+            for event in line.events:
+                name = event.name
+                if name in categories and not name.startswith(_CONTAINERS):
+                    per_op[name] += event.duration_ns * 1e-9
+    per_category = collections.Counter()
+    for name, seconds in per_op.items():
+        per_category[categories[name]] += seconds
+    total = sum(per_category.values())
+    return dict(steps=steps, wall_s=wall_s, op_thread_s=total,
+                categories={k: dict(seconds=v / steps, share=v / total) for k, v in per_category.most_common()},
+                top_ops=[dict(op=k, category=categories[k], seconds=v / steps, share=v / total)
+                         for k, v in per_op.most_common(10)])
 
 
 def main(argv=None):
@@ -99,7 +196,7 @@ def main(argv=None):
     for name, spec, batches in settings:
         for bs in batches:
             for nd in (1, 8):
-                r = bench_step(spec, bs, nd, iters=3 if args.quick else 5)
+                r, _ = bench_step(spec, bs, nd, iters=3 if args.quick else 5)
                 row = dict(method="ddpm_train_step", model=name, batch_size=bs, devices=nd, **r,
                            peak_gflops=peak / 1e9, mfu=r["achieved_gflops"] * 1e9 / peak)
                 rows.append(row)
@@ -110,6 +207,19 @@ def main(argv=None):
         print("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
     prepare_out(args.out)
     write_json(os.path.join(args.out, "bench_train_step.json"), rows)
+
+    bs = 8 if args.quick else 32
+    _, (compiled, *step_args) = bench_step("configs/ddpm_cifar10.py", bs, 1, iters=1)
+    prof = op_profile(compiled, *step_args)
+    print(f"\nProfile of the CIFAR-10 train step, batch {bs}, 1 device ({prof['wall_s'] / prof['steps']:.2f} s per "
+          f"step, {prof['op_thread_s'] / prof['wall_s']:.2f} threads busy on average)\n")
+    print("| category | s per step | share |\n|---|---|---|")
+    for k, v in prof["categories"].items():
+        print(f"| {k} | {v['seconds']:.3f} | {v['share']:.3f} |")
+    print("\n| op | category | s per step | share |\n|---|---|---|---|")
+    for r in prof["top_ops"]:
+        print(f"| {r['op']} | {r['category']} | {r['seconds']:.3f} | {r['share']:.3f} |")
+    write_json(os.path.join(args.out, "bench_train_step_profile.json"), dict(model="cifar10", batch_size=bs, **prof))
 
 
 if __name__ == "__main__":

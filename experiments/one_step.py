@@ -43,7 +43,6 @@ their large steps (their small steps are good: CT at 4 NFE, the shortcut at 128 
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import time
@@ -65,7 +64,8 @@ from jaxgen.diffusion import sid as SID  # noqa: E402
 from jaxgen.nets import MLPDenoiser  # noqa: E402
 from jaxgen.nets.embeddings import TimeEmbedding  # noqa: E402
 from jaxgen.train.state import ema_update  # noqa: E402
-from experiments._report import markdown_table, prepare_out, sample_quality, save_figure, write_rows  # noqa: E402
+from experiments._report import (markdown_table, parse_setting_args, prepare_out, sample_quality,  # noqa: E402
+                                 save_figure, write_rows)
 
 SETTINGS = {"oracle-2d": D.oracle_2d, "oracle-16d": D.oracle_16d}
 SPEC = C.ConsistencySpec()
@@ -316,18 +316,8 @@ def run_digits(workdir, quick, log=print):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default="experiments/results")
-    ap.add_argument("--settings", default="oracle-2d,oracle-16d,digits",
-                    help="comma-separated subset of oracle-2d,oracle-16d,digits; the other settings' rows are kept")
-    ap.add_argument("--digits-workdir", default="runs/one_step_digits",
-                    help="where the digits setting keeps its workdirs (reused when they hold checkpoints)")
-    args = ap.parse_args(argv)
-    settings = args.settings.split(",")
-    for s in settings:
-        if s not in tuple(SETTINGS) + ("digits",):
-            ap.error(f"--settings: unknown setting {s!r}; accepted: {', '.join(SETTINGS)}, digits")
+    args = parse_setting_args(__doc__.splitlines()[0], (*SETTINGS, "digits"), "runs/one_step_digits", argv)
+    settings = args.settings
     prepare_out(args.out)
     t_all = time.time()
     log = lambda msg: print(msg, flush=True)  # noqa: E731

@@ -42,7 +42,6 @@ Digits (--settings digits, the configs' full budgets; fd at Euler 1 / 2 / 4 / 8 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -59,7 +58,7 @@ from flax import nnx  # noqa: E402
 from jaxgen import diffusion as D  # noqa: E402
 from jaxgen.metrics import sliced_wasserstein  # noqa: E402
 from jaxgen.nets import MLPDenoiser  # noqa: E402
-from experiments._report import markdown_table, prepare_out, save_figure, write_rows  # noqa: E402
+from experiments._report import markdown_table, parse_setting_args, prepare_out, save_figure, write_rows  # noqa: E402
 
 SETTINGS = {"oracle-2d": D.oracle_2d, "oracle-16d": D.oracle_16d}
 NFES = (1, 2, 4, 8)
@@ -228,18 +227,8 @@ def run_digits(workdir: str, quick: bool, log=print) -> list[dict]:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default="experiments/results")
-    ap.add_argument("--settings", default="oracle-2d,oracle-16d,digits",
-                    help="comma-separated subset of oracle-2d,oracle-16d,digits; the other settings' rows are kept")
-    ap.add_argument("--digits-workdir", default="runs/reflow_digits",
-                    help="where the digits setting keeps its three workdirs (reused when they hold checkpoints)")
-    args = ap.parse_args(argv)
-    settings = args.settings.split(",")
-    for s in settings:
-        if s not in tuple(SETTINGS) + ("digits",):
-            ap.error(f"--settings: unknown setting {s!r}; accepted: {', '.join(SETTINGS)}, digits")
+    args = parse_setting_args(__doc__.splitlines()[0], (*SETTINGS, "digits"), "runs/reflow_digits", argv)
+    settings = args.settings
     prepare_out(args.out)
     t0 = time.time()
     rows = []
