@@ -20,6 +20,8 @@ few steps on tfds mock data), e.g. `:lru,smoke`.
 
 Target slice: v5e-8 (8 chips, one host). Check that it compiles and fits without a TPU:
     python -m jaxgen.aot --config configs/s4_psmnist.py --topology v5e-8
+Measured that way (experiments/results/aot_tpu.json): as s4_smnist (the permutation is one gather): 0.47 GiB
+per chip for the train step, 2.0 GiB for the evaluation forward of batch 1000 split over the chips.
 """
 
 import importlib.util

@@ -25,6 +25,10 @@ steps of a tiny network on tfds mock data), e.g. `:lru,smoke`.
 
 Target slice: v5e-8 (8 chips, one host). Check that it compiles and fits without a TPU:
     python -m jaxgen.aot --config configs/s4_scifar.py --topology v5e-8
+Measured that way (experiments/results/aot_tpu.json): per chip the train step needs 1.49 of 16 GiB of HBM,
+345 GFLOP and 43.4 GiB accessed, at most 17.6 steps/s (memory bound; a bound, not a measurement); the evaluation
+forward of eval.batch_size 1000 split over the chips 3.55 GiB (27.4 GiB, more than a v5e chip has, when every chip
+ran the whole batch).
 """
 
 import ml_collections

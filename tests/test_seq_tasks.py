@@ -22,7 +22,7 @@ from jaxgen import data as data_lib
 from jaxgen import tasks
 from jaxgen.config import ConfigError
 from jaxgen import task_configs
-from jaxgen.tasks import _sequence, seq_copy, seq_generate
+from jaxgen.tasks import _evaluation, _sequence, seq_copy, seq_generate
 from jaxgen.tasks import build_and_train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -264,14 +264,20 @@ def _direct_nll_and_accuracy(c, state, seq_BLC, labels):
     return -np.mean(logp[np.arange(len(labels)), labels]), np.mean(logits.argmax(1) == labels)
 
 
-@pytest.mark.parametrize("permute", [False, True])
-def test_classify_evaluation_equals_numpy_over_the_whole_test_split(permute):
-    """Batched, padded evaluation (297 = 2 x 128 + 41) == one pass over the NumPy-built sequences
-    (row-major; with permute, positions reordered by default_rng(7).permutation(64))."""
-    c = _config("s4_seq_digits.py:smoke", **{"eval.batch_size": 128, "sequence.permute": permute,
-                                              "sequence.permutation_seed": 7})
+@pytest.mark.parametrize("permute, devices", [(False, 1), (True, 8)])
+def test_classify_evaluation_equals_numpy_over_the_whole_test_split(permute, devices):
+    """Batched, padded evaluation (297 = 2 x 128 + 41 on one device; on 8, batches of 100 rounded up to 104 rows
+    split over the devices) == one pass over the NumPy-built sequences (row-major; with permute, positions
+    reordered by default_rng(7).permutation(64))."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    c = _config("s4_seq_digits.py:smoke", **{"eval.batch_size": 128 if devices == 1 else 100,
+                                              "sequence.permute": permute, "sequence.permutation_seed": 7})
     task = tasks.build(c)
     state = jax.jit(task.init)(jax.random.key(0))
+    if devices > 1:
+        state = jax.device_put(state, NamedSharding(Mesh(np.array(jax.devices()[:devices]), ("data",)), P()))
+        assert _sequence.eval_batch(100, _evaluation.batch_sharding_like(state.params)) == 104
     out = task.evaluate(state, jax.random.key(1), "/nonexistent")
     test = data_lib.load_split(c.data, "test")
     seq = test["x"].reshape(-1, 64)

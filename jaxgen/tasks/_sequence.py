@@ -45,12 +45,22 @@ def fixed_permutation(length: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(length).astype(np.int32)
 
 
-def batched_sums(fn, arrays: dict, batch_size: int) -> dict:
+def eval_batch(batch_size: int, sharding) -> int:
+    """`batch_size` rounded up to a multiple of the devices `sharding` splits a batch over."""
+    n = sharding.mesh.size if isinstance(sharding, jax.sharding.NamedSharding) else 1
+    return -(-batch_size // n) * n
+
+
+def batched_sums(fn, arrays: dict, batch_size: int, sharding=None) -> dict:
     """Σ over the rows of `arrays` of fn(batch, mask) -> {name: sum over the batch}, in fixed-size batches.
 
-    Names starting with 'max_' are reduced by max instead of sum. The last batch is zero-padded to
-    batch_size (one compiled shape) and `mask` marks its real rows.
+    Names starting with 'max_' are reduced by max instead of sum. Each batch is `eval_batch(batch_size,
+    sharding)` rows split over `sharding`'s devices (every process holds all of `arrays` and places its own
+    devices' rows; default: the first device); the last batch is zero-padded (one compiled shape) and `mask`
+    marks its real rows.
     """
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    batch_size = eval_batch(batch_size, sharding)
     n = len(next(iter(arrays.values())))
     totals: dict = {}
     for i in range(0, n, batch_size):
@@ -58,8 +68,10 @@ def batched_sums(fn, arrays: dict, batch_size: int) -> dict:
         m = len(next(iter(chunk.values())))
         if m < batch_size:
             chunk = {k: np.concatenate([v, np.zeros((batch_size - m,) + v.shape[1:], v.dtype)]) for k, v in chunk.items()}
-        mask = np.arange(batch_size) < m
-        out = jax.device_get(fn({k: jnp.asarray(v) for k, v in chunk.items()}, jnp.asarray(mask)))
+        chunk["mask"] = np.arange(batch_size) < m
+        placed = {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx]) for k, v in chunk.items()}
+        mask = placed.pop("mask")
+        out = jax.device_get(fn(placed, mask))
         for k, v in out.items():
             v = np.asarray(v, np.float64)
             totals[k] = v if k not in totals else (np.maximum(totals[k], v) if k.startswith("max_") else totals[k] + v)

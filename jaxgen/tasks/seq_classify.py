@@ -34,7 +34,8 @@ from jaxgen import data as data_lib
 from jaxgen.config import ConfigError
 from jaxgen.task_configs import POOLINGS
 from jaxgen.tasks import Task, dataset_info
-from jaxgen.tasks._sequence import batched_sums, fixed_permutation, image_to_sequence, make_model
+from jaxgen.tasks._evaluation import batch_sharding_like
+from jaxgen.tasks._sequence import batched_sums, eval_batch, fixed_permutation, image_to_sequence, make_model
 from jaxgen.train.state import check_supported, eval_params, trainable
 
 
@@ -89,14 +90,18 @@ def build(config) -> Task:
         test = test_split()
         params = eval_params(state)
         s = batched_sums(lambda b, m: eval_sums(params, b, m), {"x": test["x"], "label": test["label"]},
-                         config.eval.batch_size)
+                         config.eval.batch_size, batch_sharding_like(params))
         return {"test_accuracy": float(s["correct"] / s["n"]), "test_loss": float(s["loss"] / s["n"]),
                 "num_test": int(s["n"])}
 
     def eval_step(state):
         """One batch of evaluate()'s forward pass."""
-        bs = config.eval.batch_size
-        batch = {"x": jax.ShapeDtypeStruct((bs, H, W, C), jnp.float32), "label": jax.ShapeDtypeStruct((bs,), jnp.int32)}
-        return eval_sums, (eval_params(state), batch, jax.ShapeDtypeStruct((bs,), jnp.bool_)), f"forward pass, batch {bs}"
+        params = eval_params(state)
+        sharding = batch_sharding_like(params)
+        bs = eval_batch(config.eval.batch_size, sharding)
+        batch = {"x": jax.ShapeDtypeStruct((bs, H, W, C), jnp.float32, sharding=sharding),
+                 "label": jax.ShapeDtypeStruct((bs,), jnp.int32, sharding=sharding)}
+        return (eval_sums, (params, batch, jax.ShapeDtypeStruct((bs,), jnp.bool_, sharding=sharding)),
+                f"forward pass, batch {bs} split over the devices")
 
     return Task(init=t.init, train_step=t.train_step(loss_fn), evaluate=evaluate, eval_step=eval_step)

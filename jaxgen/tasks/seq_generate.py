@@ -43,6 +43,7 @@ from jaxgen import data as data_lib
 from jaxgen import viz
 from jaxgen.config import ConfigError
 from jaxgen.tasks import Task, dataset_info
+from jaxgen.tasks._evaluation import batch_sharding_like
 from jaxgen.tasks._sequence import batched_sums, make_model
 from jaxgen.train.state import check_supported, eval_params, trainable
 
@@ -186,7 +187,8 @@ def build(config) -> Task:
         test = test_split()
         params = eval_params(state)
         arrays = {"x": test["x"], "label": test.get("label", np.zeros(len(test["x"]), np.int32))}
-        s = batched_sums(lambda b, m: eval_sums(params, b, m), arrays, config.eval.batch_size)
+        s = batched_sums(lambda b, m: eval_sums(params, b, m), arrays, config.eval.batch_size,
+                         batch_sharding_like(params))
         out = {"test_nll": float(s["conv"] / s["n"]), "test_nll_recurrent": float(s["rec"] / s["n"])}
         out["test_bits_per_pixel"] = out["test_nll"] / math.log(2.0)
         out["nll_gap"] = abs(out["test_nll"] - out["test_nll_recurrent"])
