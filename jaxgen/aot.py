@@ -190,8 +190,8 @@ def default_steps(config) -> tuple[str, ...]:
 def lower_steps(config, devices, steps=("train", "eval")):
     """Trace and lower (no compile) `steps` of `config` over `devices` as a run jits them; tfds data are mocked.
 
-    Returns (task, mesh, abstract_state, state_sharding, [(step, what, lowered), ...]). Used by `compile_report`
-    for TPU slices and by the tests on CPU devices (a config's train and evaluation steps trace, cheaply)."""
+    Returns (task, mesh, abstract_state, state_sharding, [(step, what, lowered, seconds to lower), ...]). Used by
+    `compile_report` for TPU slices and by the tests on CPU devices (a config's steps trace, cheaply)."""
     import jax
     import jax.numpy as jnp
 
