@@ -326,6 +326,7 @@ def main(argv=None):
         t0 = time.time()
         if setting == "digits":
             r = run_digits(args.digits_workdir, args.quick, log)
+            digits_figure(args.digits_workdir, os.path.join(args.out, "one_step_digits.png"))
         else:
             r, samples = run_oracle(setting, args.quick, log)
             name = "one_step.png" if setting == "oracle-2d" else f"one_step_{setting.split('-')[1]}.png"
@@ -335,6 +336,26 @@ def main(argv=None):
     rows = write_rows(os.path.join(args.out, "one_step.json"), rows, settings)
     print(markdown_table(rows, ["method", "setting", "nfe", "sw2", "mmd", "fd", "train_s", "final_loss"]))
     print(f"\n(total {time.time() - t_all:.0f} s)")
+
+
+def digits_figure(workdir, path):
+    """The generated half of each digits run's sample figure (figures/samples_*.png in its workdir): the teacher
+    at 35 and 1 NFE, every student at one step, side by side."""
+    panels = [("teacher, Heun 35 NFE", "edm_digits", "samples_heun-nfe35.png"),
+              ("teacher, Euler 1 NFE", "edm_digits", "samples_euler-nfe1.png")]
+    panels += [(f"{m}, 1 step", name, f"samples_{m}-1step.png") for m, name, _, _ in DIGITS if m != "teacher"]
+    panels = [(t, os.path.join(workdir, n, "figures", f)) for t, n, f in panels]
+    panels = [(t, f) for t, f in panels if os.path.exists(f)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9))
+    for ax, (title, f) in zip(np.atleast_1d(axes), panels):
+        img = plt.imread(f)
+        h, w = img.shape[:2]
+        ax.imshow(img[int(0.14 * h):, :w // 2])  # the generated half, below the figure's titles
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)
 
 
 def _figure(samples, path, project=False):

@@ -13,7 +13,7 @@ Config keys beyond the shared ones (defaults: `jaxgen.task_configs.seq_classify_
   model: ssm, d_model, n_layers, N (state size), dropout, pooling ('mean' | 'last'),
     ssm_kwargs (passed to the SSM layer; defaults per SSM in `jaxgen.task_configs.default_ssm_kwargs`)
   sequence: permute (bool: psMNIST-style fixed permutation of the positions), permutation_seed
-  eval: batch_size (the whole test split is evaluated, in batches of this size)
+  eval: batch_size (the whole test split is evaluated, in batches of this size split over the devices)
 The optimizer's parameter groups should give the SSM's A, B and step a lower learning rate and no
 weight decay: `(jaxgen.ssm.SSM_PARAM_PATTERN, 0.1, 0.0)` (`jaxgen.task_configs.ssm_param_groups()`).
 
