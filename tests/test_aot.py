@@ -46,10 +46,6 @@ def test_chip_numbers_are_the_published_ones():
         assert (chip.hbm_bytes, chip.peak_flops, chip.hbm_bandwidth) == (hbm_gib * GIB, peak, bw)
 
 
-# Its module fixtures are built once: with `--dist loadgroup` (the README's command) its tests share one worker.
-pytestmark = pytest.mark.xdist_group(__name__)
-
-
 @pytest.fixture(scope="module")
 def toy_report():
     config = load_config(SMOKE)

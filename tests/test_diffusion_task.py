@@ -26,10 +26,6 @@ CACHED = {"analytic": "gamma_step{step}_K5_uniform.json", "npr": "npr_head_step{
 RESTORED = ("analytic", "npr")  # a JSON and an orbax cache
 
 
-# Its module fixtures are built once: with `--dist loadgroup` (the README's command) its tests share one worker.
-pytestmark = pytest.mark.xdist_group(__name__)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("toy"))

@@ -22,10 +22,6 @@ from jaxgen.metrics import inception as inc
 from jaxgen.metrics.fid import InceptionExtractor
 
 
-# Its module fixtures are built once: with `--dist loadgroup` (the README's command) its tests share one worker.
-pytestmark = pytest.mark.xdist_group(__name__)
-
-
 @pytest.fixture(scope="module")
 def ported(tmp_path_factory):
     """(pytorch-fid outputs, port's outputs, state dict) on the same 2 images in [0, 1]."""

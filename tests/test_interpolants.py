@@ -69,10 +69,6 @@ def test_vp_path_velocity_is_the_probability_flow_ode_of_the_vp_sde():
 N = 3000
 
 
-# Its module fixtures are built once: with `--dist loadgroup` (the README's command) its tests share one worker.
-pytestmark = pytest.mark.xdist_group(__name__)
-
-
 @pytest.fixture(scope="module")
 def transported():
     """Noise pushed through each path's ODE (Heun, 40 uniform steps from t = 1 to 0) with the oracle's

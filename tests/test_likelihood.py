@@ -33,10 +33,6 @@ def _closed_form_terms(sch, var, x0):
     return prior, kl, dec
 
 
-# Its module fixtures are built once: with `--dist loadgroup` (the README's command) its tests share one worker.
-pytestmark = pytest.mark.xdist_group(__name__)
-
-
 @pytest.fixture(scope="module")
 def gaussian_bounds():
     """The bound of the exact model on 2000 points of N(M, S^2) (T = 1000 linear, continuous decoder), for

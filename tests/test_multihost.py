@@ -96,10 +96,6 @@ def _checkpoints(workdir):
     return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
 
 
-# Its module fixtures are built once: with `--dist loadgroup` (the README's command) its tests share one worker.
-pytestmark = pytest.mark.xdist_group(__name__)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One uninterrupted 2-process run, and one whose process 1 got a SIGTERM (kept unresumed as 'cut0'): one pair

@@ -33,10 +33,6 @@ def rows(workdir):
         return [json.loads(line) for line in f]
 
 
-# Its module fixtures are built once: with `--dist loadgroup` (the README's command) its tests share one worker.
-pytestmark = pytest.mark.xdist_group(__name__)
-
-
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
     """A trained (4-step) DDPM workdir on gmm_grid: the teacher of CD and SiD."""

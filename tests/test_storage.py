@@ -50,10 +50,6 @@ def _tb_tags(data: bytes) -> set:
     return tags
 
 
-# Its module fixtures are built once: with `--dist loadgroup` (the README's command) its tests share one worker.
-pytestmark = pytest.mark.xdist_group(__name__)
-
-
 @pytest.fixture(scope="module")
 def gs_run(gcs_emulator, tmp_path_factory):  # noqa: F811
     """The toy smoke config with --workdir gs://test-bucket/run: the CLI's main in this process (working

@@ -88,10 +88,6 @@ RESUME_STEPS = {"train.num_steps": "300", "train.log_every": "1", "train.checkpo
                 "eval.untrained_baseline": "False"}
 
 
-# Its module fixtures are built once: with `--dist loadgroup` (the README's command) its tests share one worker.
-pytestmark = pytest.mark.xdist_group(__name__)
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """The reference losses of the resume tests, from one uninterrupted run (in-process, 8 devices)."""
