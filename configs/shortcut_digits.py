@@ -10,7 +10,9 @@ weights (0.999); plain MSE. AdamW 1e-3 (cosine), batch 64, 1500 steps (about 5 m
 gradients and two EMA passes on the self-consistency rows per step). Evaluation: 297 samples with 1, 2, 4 and 128
 equal Euler steps of the step-conditioned field, eval/fd_1step, eval/fd_2step, eval/fd_4step, eval/fd_128step (the
 Fréchet distance in the digits classifier's features; rf_digits' plain flow: fd 3.54 with RK45).
-Measured: see the 'digits' rows of experiments/results/one_step.json (experiments/one_step.py --settings digits).
+Measured (experiments/one_step.py --settings digits): fd 49.3 / 48.4 / 47.0 at 1 / 2 / 4 steps and 6.14 at 128 steps
+(the large steps need a longer run; the EDM teacher edm_digits.py: 4.32 at Heun 35 NFE); 17 min on 2 shared
+cores, evaluation at 128 steps included.
 
 Published, for context: shortcut models report DiT-B numbers on CelebA-HQ-256 and ImageNet-256 only (no CIFAR-10
 FID; Frans et al. 2024); the CIFAR-10 one-step references are CD 3.55, iCT 2.83, SiD 1.923 (configs/cm_cifar10.py,

@@ -17,7 +17,8 @@ not finite are skipped and counted (gen_skipped / fake_skipped). Adam with b1 = 
 1e-5 is for batch 256 over millions of images), batch 64, 600 steps (about 5 min on 2 cores: a step is about three
 teacher-sized forward-backward passes), generator EMA 0.99. Evaluation: 297 one-step samples, eval/fd_1step
 (the Fréchet distance in the digits classifier's features, as the diffusion digits configs report eval/fd).
-Measured: see the 'digits' rows of experiments/results/one_step.json (experiments/one_step.py --settings digits).
+Measured (experiments/one_step.py --settings digits): fd 3.71 at one step, better than its teacher's 4.32 with Heun at
+35 NFE (edm_digits.py; 98.1 with one Euler step); 6.5 min on 2 shared cores, evaluation included.
 
 Published (CIFAR-10, 50k samples), for context: FID 1.923 at one step, alpha = 1.2, from EDM's teacher (FID 1.97
 at 35 NFE) (Zhou et al. 2024); see configs/sid_cifar10.py.

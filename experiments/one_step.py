@@ -40,6 +40,14 @@ towards the mean; 0.107 / 0.123 at 4 NFE), shortcut 0.336 / 0.212 (0.208 at 4 st
 The expected direction holds for CD, iCT and SiD; CT and the shortcut model need far more than 5000 steps for
 their large steps (their small steps are good: CT at 4 NFE, the shortcut at 128 steps). The teacher's Heun at
 2 NFE (one step from sigma = 80 to 0.002) diverges (sw2 39.6): its corrector divides by the final sigma.
+
+oracle-16d (--quick rows), sw2 at 1 NFE (data floor 0.022, teacher Heun 64 NFE 0.022, Euler 1 NFE 0.399): CD 0.052,
+SiD 0.048, iCT 0.235, CT 0.379, shortcut 0.505 (0.040 at 128 steps): the same order as in 2-D.
+
+digits (the configs' full budgets, 55 min in all on 2 shared cores), fd at 1 / 2 / 4 steps: teacher Euler
+98.1 / 31.9 / 17.7 and Heun 35 NFE 4.32; CD 7.97 / 8.68 / 8.26; CT 60.7 / 48.1 / 45.6; iCT 5.59 / 6.44 / 6.96;
+shortcut 49.3 / 48.4 / 47.0 (6.14 at 128 steps); SiD 3.71 at one step, below the teacher's 35-step Heun.
+Figure: one_step_digits.png.
 """
 from __future__ import annotations
 
