@@ -43,7 +43,7 @@ def host_traffic(hlo_text: str) -> dict[str, int]:
     return counts
 
 
-def _concrete(args, state_key):
+def concrete_args(args, state_key):
     """The eval step's abstract arguments made concrete: zeros for learned inputs, a key, batch index 0."""
     def leaf(a):
         if not isinstance(a, jax.ShapeDtypeStruct):
@@ -63,7 +63,7 @@ def bench_sampler(config_spec: str, overrides: list[tuple[str, str]], batch_size
     task = tasks.build(config)
     state = jax.jit(task.init)(jax.random.key(0))
     fn, args, what = task.eval_step(state)
-    args = _concrete(args, jax.random.key(1))
+    args = concrete_args(args, jax.random.key(1))
     t = time.perf_counter()
     compiled = fn.lower(*args).compile()
     compile_s = time.perf_counter() - t

@@ -287,7 +287,7 @@ def test_compiled_sampler_runs_every_step_on_device_without_host_round_trips():
 
     _, task, state = _toy_task_and_state()
     fn, args, _ = task.eval_step(state)
-    args = bench_sampling._concrete(args, jax.random.key(1))
+    args = bench_sampling.concrete_args(args, jax.random.key(1))
     compiled = fn.lower(*args).compile()
     traffic = bench_sampling.host_traffic(compiled.as_text())
     assert traffic["while"] >= 1 and not any(traffic[k] for k in bench_sampling.HOST_OPS), traffic
