@@ -77,7 +77,7 @@ def _config(smoke: bool) -> ml_collections.ConfigDict:
         c.model.update(dict(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), num_groups=4))  # compiles fast
         c.eval.sampler = "flow_euler"
         c.eval.sample_steps = 2
-        c.eval.classifier_steps = 10
+        c.eval.classifier_steps = 2  # the cifar10 smokes share one (cached) classifier
         c.eval.num_samples = 8
         c.eval.metric = "classifier"  # the Inception network is tested on its own (tests/test_inception.py)
         c.eval.batch_size = 1

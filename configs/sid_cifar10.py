@@ -52,5 +52,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.train.update(dict(num_steps=2, batch_size=8, log_every=1, checkpoint_every=2))
         c.model.update(dict(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), num_groups=4))  # compiles fast
         c.teacher.untrained = True
-        c.eval.update(dict(classifier_steps=10, num_samples=8, metric="classifier", batch_size=1))
+        c.eval.update(dict(classifier_steps=2, num_samples=8, metric="classifier", batch_size=1))
     return c
