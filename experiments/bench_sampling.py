@@ -93,7 +93,7 @@ def main(argv=None):
     for name, spec, overrides, batches in settings:
         for bs in batches:
             r = bench_sampler(spec, overrides, bs, iters=1 if args.quick else 3)
-            rows.append(dict(model=name, batch_size=bs, **r))
+            rows.append(dict(model=name, batch_size=bs, quick=args.quick, **r))
             print(f"  {name} batch={bs}: {r['images_per_s']:.1f} images/s, {r['ms_per_nfe']:.1f} ms per NFE, "
                   f"{r['while']} while loop(s), host ops {sum(r[k] for k in HOST_OPS)}", flush=True)
     print(f"\nSampling throughput ({jax.devices()[0].device_kind}, {os.cpu_count()} cores, one device)\n")
