@@ -161,3 +161,18 @@ def test_second_run_compiles_from_the_cache_and_profile_is_written(tmp_path):
         from jax.experimental.compilation_cache import compilation_cache
 
         compilation_cache.reset_cache()
+
+
+def test_profile_categories_name_the_convolution_and_the_matmul_of_a_compiled_program():
+    """experiments/bench_train_step.py files each executed op of a profile under the heaviest op inside it, read
+    from the compiled HLO: a convolution and a matmul (each possibly inside a fusion) are found as such."""
+    from experiments import bench_train_step
+
+    def f(x, w, m):
+        y = jax.lax.conv(x, w, (1, 1), "SAME")
+        return jax.nn.relu(y).sum(), jnp.tanh(x.reshape(2, -1) @ m)
+
+    args = (jnp.ones((2, 3, 8, 8)), jnp.ones((4, 3, 3, 3)), jnp.ones((192, 16)))
+    categories = bench_train_step.hlo_op_categories(jax.jit(f).lower(*args).compile().as_text())
+    assert {"convolution", "matmul"} <= set(categories.values()), categories
+    assert set(categories.values()) <= {name for name, _ in bench_train_step.OP_CATEGORIES} | {"elementwise", "other"}
