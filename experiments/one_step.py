@@ -66,6 +66,7 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from jaxgen import diffusion as D  # noqa: E402
+from jaxgen import paths  # noqa: E402
 from jaxgen.diffusion import consistency as C  # noqa: E402
 from jaxgen.diffusion import shortcut as SC  # noqa: E402
 from jaxgen.diffusion import sid as SID  # noqa: E402
@@ -297,13 +298,14 @@ def run_digits(workdir, quick, log=print):
             if quick:
                 c.train.num_steps = 2 * DIGITS_QUICK_STEPS if method == "teacher" else DIGITS_QUICK_STEPS
             if teacher:
-                c.teacher.workdir = os.path.join(workdir, teacher)
+                c.teacher.workdir = paths.join(workdir, teacher)
             c.eval.update(evals)
             return c
 
-        wd = os.path.join(workdir, name)
+        wd = paths.join(workdir, name)
         t0 = time.time()
-        fresh = not (os.path.isdir(os.path.join(wd, "checkpoints")) and os.listdir(os.path.join(wd, "checkpoints")))
+        ckpts = paths.join(wd, "checkpoints")
+        fresh = not (paths.isdir(ckpts) and paths.listdir(ckpts))
         out = build_and_train(config(), wd)  # trains only what the workdir lacks, then evaluates
         wall = time.time() - t0
         log(f"digits {method}: {'trained and evaluated' if fresh else 'evaluated'} in {wd} ({wall:.0f} s)")
@@ -352,11 +354,12 @@ def digits_figure(workdir, path):
     panels = [("teacher, Heun 35 NFE", "edm_digits", "samples_heun-nfe35.png"),
               ("teacher, Euler 1 NFE", "edm_digits", "samples_euler-nfe1.png")]
     panels += [(f"{m}, 1 step", name, f"samples_{m}-1step.png") for m, name, _, _ in DIGITS if m != "teacher"]
-    panels = [(t, os.path.join(workdir, n, "figures", f)) for t, n, f in panels]
-    panels = [(t, f) for t, f in panels if os.path.exists(f)]
+    panels = [(t, paths.join(workdir, n, "figures", f)) for t, n, f in panels]
+    panels = [(t, f) for t, f in panels if paths.exists(f)]
     fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9))
     for ax, (title, f) in zip(np.atleast_1d(axes), panels):
-        img = plt.imread(f)
+        with paths.open(f, "rb") as fh:
+            img = plt.imread(fh, format="png")
         h, w = img.shape[:2]
         ax.imshow(img[int(0.14 * h):, :w // 2])  # the generated half, below the figure's titles
         ax.set_title(title, fontsize=9)

@@ -134,8 +134,8 @@ def open(p: PathLike, mode: str = "r") -> IO:  # noqa: A001 - mirrors the builti
                              f"updated in place; write the whole object (write_text/write_bytes)")
         return path(s).open(mode)
     if any(c in mode for c in "wax"):
-        os.makedirs(os.path.dirname(os.path.abspath(s)), exist_ok=True)
-    return io.open(s, mode)
+        os.makedirs(os.path.dirname(os.path.abspath(s)), exist_ok=True)  # local
+    return io.open(s, mode)  # local
 
 
 def remove(p: PathLike) -> None:
@@ -161,7 +161,7 @@ def replace(src: PathLike, dst: PathLike) -> None:
     """Move `src` over `dst`. Locally an atomic rename; on an object store a copy then a delete
     (gcsfs' server-side move is not available everywhere, e.g. on the GCS emulator)."""
     if not is_remote(src) and not is_remote(dst):
-        os.replace(os.fspath(src), os.fspath(dst))
+        os.replace(os.fspath(src), os.fspath(dst))  # local
         return
     copy(src, dst)
     remove(src)
