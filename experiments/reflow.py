@@ -56,6 +56,7 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from jaxgen import diffusion as D  # noqa: E402
+from jaxgen import paths  # noqa: E402
 from jaxgen.metrics import sliced_wasserstein  # noqa: E402
 from jaxgen.nets import MLPDenoiser  # noqa: E402
 from experiments._report import markdown_table, parse_setting_args, prepare_out, save_figure, write_rows  # noqa: E402
@@ -207,11 +208,11 @@ def run_digits(workdir: str, quick: bool, log=print) -> list[dict]:
             if quick:
                 c.train.num_steps = 500
             if teacher:
-                c.reflow.teacher = os.path.join(workdir, teacher)
+                c.reflow.teacher = paths.join(workdir, teacher)
             c.eval.update(evals)
             return c
 
-        wd = os.path.join(workdir, name)
+        wd = paths.join(workdir, name)
         t0 = time.time()
         build_and_train(config(), wd)  # trains only what the workdir lacks
         log(f"digits {method}: trained in {wd} ({time.time() - t0:.0f} s)")
