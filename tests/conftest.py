@@ -26,7 +26,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 if "JAXGEN_CACHE" not in os.environ:  # the feature classifiers the tests train: this session's, not ~/.cache
     os.environ["JAXGEN_CACHE"] = tempfile.mkdtemp(prefix="jaxgen-test-feature-cache-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
-for flag in ("--xla_backend_optimization_level=0", "--xla_cpu_multi_thread_eigen=false"):
+for flag in ("--xla_backend_optimization_level=0", "--xla_cpu_multi_thread_eigen=false",
+             "--xla_cpu_use_fusion_emitters=false"):
     if flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
 import jax  # noqa: E402

@@ -204,10 +204,14 @@ def build(config) -> Task:
         data = ml_collections.ConfigDict(dict(config.data, pairs=pairs_dir))
         return dict(data=data, params=params) if rf.init_from_teacher else dict(data=data)
 
-    @jax.jit
-    def straightness(params, x1):
-        fns = objectives.model_fns(net(params), param)
-        return jnp.mean(diffusion.straightness(fns.velocity, x1, num_steps=ev.straightness_steps))
+    @functools.cache
+    def straightness(sharding, batch):  # noise drawn split over the devices: each traces only its share
+        def mean_straightness(params, key):
+            x1 = jax.lax.with_sharding_constraint(jax.random.normal(key, (batch,) + tuple(info.shape)), sharding)
+            fns = objectives.model_fns(net(params), param)
+            return jnp.mean(diffusion.straightness(fns.velocity, x1, num_steps=ev.straightness_steps))
+
+        return jax.jit(mean_straightness)
 
     @functools.cache
     def inception_refs(devices):  # the network and the real data's features: once per run, not per evaluation
@@ -230,7 +234,7 @@ def build(config) -> Task:
         B = draw.global_batch(params)
         out, shown = score(lambda start: draw(params, aux, k_sample, start), ev.num_samples, B)
         if d.process == "rf" and ev.straightness_steps:
-            out["straightness"] = float(straightness(params, jax.random.normal(k_fit, (B,) + tuple(info.shape))))
+            out["straightness"] = float(straightness(batch_sharding_like(params), B)(params, k_fit))
         if ev.untrained_baseline:  # the same sampler without its learned inputs
             plain = draw.without_learned()
             untrained = jax.device_put(t.init(k_untrained).params, replicated_like(params))
