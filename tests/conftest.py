@@ -14,7 +14,12 @@ passes are turned off for the session (XLA's own HLO passes, fusion included, st
 compile several times faster (the quickstart UNet's init 15.2 -> 2.4 s CPU; tests/test_knobs.py 56 -> 34 s).
 Users' runs keep the default level. Each of the two pytest-xdist workers has one core, so XLA's multi-threaded
 Eigen kernels (matmuls, convolutions) run single-threaded instead of contending for both cores (measured: 10 % less wall
-time for the diffusion and one-step test files alone, 1 % for the whole suite, 676 -> 667 s).
+time for the diffusion and one-step test files alone, 1 % for the whole suite, 676 -> 667 s). XLA:CPU's classic fusion
+emitters compile faster than the new ones (the whole suite 736 -> 580 s). The programs carry no Python source
+locations (they only name ops in profiles and errors): lowering and compiling them is that much less work (measured on
+tests/test_nets.py, test_diffusion_samplers.py, test_objectives.py and test_likelihood.py in one process: 96.5 -> 84.5
+s, backend compile 38.8 -> 33.8 s). (Unsplit LLVM code generation, --xla_cpu_parallel_codegen_split_count=1, would
+save another 10 %, but it changes float rounding enough that the alpha = 1 SiD toy in tests/test_sid.py stalls.)
 """
 import os
 import tempfile
@@ -26,10 +31,18 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 if "JAXGEN_CACHE" not in os.environ:  # the feature classifiers the tests train: this session's, not ~/.cache
     os.environ["JAXGEN_CACHE"] = tempfile.mkdtemp(prefix="jaxgen-test-feature-cache-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+os.environ.setdefault("JAX_TRACEBACK_IN_LOCATIONS_LIMIT", "0")
+os.environ.setdefault("JAX_INCLUDE_FULL_TRACEBACKS_IN_LOCATIONS", "false")
 for flag in ("--xla_backend_optimization_level=0", "--xla_cpu_multi_thread_eigen=false",
              "--xla_cpu_use_fusion_emitters=false"):
     if flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
 import jax  # noqa: E402
+from jax._src.interpreters import partial_eval  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+# flax's Rngs asks each traced counter for `.sharding` (Variable.set_value: getattr(value, 'sharding', None)) on every
+# parameter draw; jax builds that AttributeError's message by walking every equation traced so far, so building a
+# module under a trace is quadratic in its size (the CIFAR-10 UNet under eval_shape: 2.5 s, 0.5 s without). getattr
+# discards the message; the tests skip building it (tests/test_nets.py + 3 others: 105 -> 96 s).
+partial_eval.DynamicJaxprTracer._origin_msg = lambda self: ""
