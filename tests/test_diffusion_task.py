@@ -123,10 +123,12 @@ def test_bad_sampling_settings_are_named(overrides, match):
 
 @pytest.mark.parametrize("overrides", [
     # continuous VP with v-prediction, Min-SNR weighting and logit-normal times, adaptive RK45 on the velocity
-    # (rectified flow with the velocity and Euler, and EDM with its preconditioning, lognormal sigmas, its weighting
-    # and Heun, run as the smoke variants of the rf_toy2d and edm_digits config files)
+    # (rectified flow with the velocity and Euler: the reflow test below and the rf_digits smoke)
     {"diffusion.process": "vp", "diffusion.prediction": "v", "diffusion.weighting": "min_snr",
      "diffusion.time_sampling": "logit_normal", "eval.sampler": "rk45"},
+    # EDM: its preconditioning, lognormal sigmas, its weighting and Heun (configs/edm_digits.py on the toy)
+    {"diffusion.process": "edm", "diffusion.prediction": "edm", "diffusion.weighting": "edm",
+     "diffusion.time_sampling": "lognormal", "eval.sampler": "heun", "eval.sample_steps": "4"},
     # VE with x0-prediction and SNR weighting, DPM-Solver-2 on the PF-ODE
     {"diffusion.process": "ve", "diffusion.prediction": "x0", "diffusion.weighting": "snr", "eval.sampler": "dpm2",
      "eval.sample_steps": "4"},
