@@ -46,3 +46,22 @@ jax.config.update("jax_num_cpu_devices", 8)
 # module under a trace is quadratic in its size (the CIFAR-10 UNet under eval_shape: 2.5 s, 0.5 s without). getattr
 # discards the message; the tests skip building it (tests/test_nets.py + 3 others: 105 -> 96 s).
 partial_eval.DynamicJaxprTracer._origin_msg = lambda self: ""
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def random_inception_weights(tmp_path_factory):
+    """(path, state dict): FID Inception-v3 weights drawn at random (jaxgen.metrics.inception.random_state_dict(0)),
+    written by torch.save as the published file is; built once per test process (4-5 s)."""
+    import collections
+
+    import torch
+
+    from jaxgen.metrics import inception
+
+    sd = collections.OrderedDict((k, torch.from_numpy(v)) for k, v in inception.random_state_dict(0).items())
+    path = tmp_path_factory.mktemp("inception") / "random_inception.pth"
+    torch.save(sd, path)
+    return path, sd

@@ -176,23 +176,17 @@ def test_sampling_peak_memory_does_not_grow_with_num_samples():
     assert sizes[0][2] == 16 * 2 * 4  # one batch of 16 two-dimensional float32 samples
 
 
-def test_inception_metric_scores_and_resumes_from_its_saved_state(tmp_path):
+def test_inception_metric_scores_and_resumes_from_its_saved_state(tmp_path, random_inception_weights):
     """eval.metric='inception' on the digits (random Inception weights written as torch writes the published file,
     random reference statistics): FID and IS are reported, the running statistics saved after every batch, and an
     evaluation that finds finished statistics reads them instead of sampling again."""
-    import collections
+    from jaxgen.metrics import fid
 
-    import torch  # the weights file format of the reference implementation
-
-    from jaxgen.metrics import fid, inception
-
-    sd = collections.OrderedDict((k, torch.from_numpy(v)) for k, v in inception.random_state_dict(0).items())
-    torch.save(sd, tmp_path / "w.pth")
     rng = np.random.default_rng(0)
     a = rng.normal(size=(2048, 64)) / 8
     fid.save_stats(str(tmp_path / "ref.npz"), rng.normal(size=2048), a @ a.T + np.eye(2048))
     config = config_lib.load_config(QUICKSTART + ":smoke")
-    config_lib.apply_overrides(config, [("eval.metric", "inception"), ("eval.inception_weights", str(tmp_path / "w.pth")),
+    config_lib.apply_overrides(config, [("eval.metric", "inception"), ("eval.inception_weights", str(random_inception_weights[0])),
                                         ("eval.fid_stats", str(tmp_path / "ref.npz")), ("eval.num_samples", "10"),
                                         ("eval.batch_size", "10"), ("eval.untrained_baseline", "False"),
                                         ("eval.precision_recall", "10"), ("model.ch_mult", "(1,)"),

@@ -1,12 +1,10 @@
 """FID, Inception Score and precision/recall against the reference code and slow direct versions;
 reference statistics of a tfds split (mock data) through the CLI."""
-import collections
 
 import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-import torch  # writes the weights file of the CLI test: missing torch fails, never skips
 from pytorch_fid.fid_score import calculate_frechet_distance
 
 from jaxgen import data
@@ -180,21 +178,19 @@ def test_split_stats_reads_every_example_once():
     np.testing.assert_allclose(stats.sigma, np.cov(f, rowvar=False), rtol=1e-5, atol=1e-9)
 
 
-def test_fid_stats_cli_on_mock_cifar10(tmp_path, monkeypatch, capsys):
+def test_fid_stats_cli_on_mock_cifar10(tmp_path, monkeypatch, capsys, random_inception_weights):
     """End to end: a random weights file, 8 mock images sharded over the 8 emulated devices."""
     monkeypatch.setenv("JAXGEN_CACHE", str(tmp_path / "empty_cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_torch_home"))
     out = tmp_path / "stats.npz"
-    sd = collections.OrderedDict((k, torch.from_numpy(v))
-                                 for k, v in inc.random_state_dict(1).items())
-    torch.save(sd, tmp_path / "w.pth")
+    weights, _ = random_inception_weights
     with tfds.testing.mock_data(num_examples=8):
         argv = ["--data", "cifar10", "--split", "train", "--out", str(out), "--batch_size", "1"]
         assert fid_stats.main(argv + ["--no_download"]) == 2
         assert f"put the file {inc.FID_WEIGHTS_NAME}" in capsys.readouterr().err
         assert fid_stats.main(["--data", "cifar_typo", "--out", str(out)]) == 2
         assert "cifar_typo" in capsys.readouterr().err
-        assert fid_stats.main(argv + ["--weights", str(tmp_path / "w.pth")]) == 0
+        assert fid_stats.main(argv + ["--weights", str(weights)]) == 0
     assert "from 8 images of cifar10/train" in capsys.readouterr().out
     mu, sigma = fid.load_stats(out)
     assert mu.shape == (2048,) and sigma.shape == (2048, 2048)

@@ -4,7 +4,6 @@ The weights travel the way the published ones do: a state dict written by torch.
 by jaxgen's torch-free reader. The Inception forward at 299 x 299 is the costly part: it runs once
 per module (one jit, 2 images) in the `ported` fixture.
 """
-import collections
 import io
 import os
 import pickle
@@ -23,12 +22,9 @@ from jaxgen.metrics.fid import InceptionExtractor
 
 
 @pytest.fixture(scope="module")
-def ported(tmp_path_factory):
+def ported(random_inception_weights):
     """(pytorch-fid outputs, port's outputs, state dict) on the same 2 images in [0, 1]."""
-    sd = collections.OrderedDict((k, torch.from_numpy(v))
-                                 for k, v in inc.random_state_dict(0).items())
-    path = tmp_path_factory.mktemp("weights") / "random_inception.pth"
-    torch.save(sd, path)
+    path, sd = random_inception_weights
 
     # pytorch-fid's InceptionV3 fetches its weights with load_state_dict_from_url: hand it ours.
     original = pfid_inception.load_state_dict_from_url

@@ -15,10 +15,12 @@ def _clip_round_off(w: np.ndarray) -> np.ndarray:
     return np.where(w > tol, w, 0.0)
 
 
-def _sym_sqrt_psd(a: np.ndarray) -> np.ndarray:
-    """Principal square root of a symmetric PSD matrix via eigh."""
+def _psd_factor(a: np.ndarray) -> np.ndarray:
+    """S (d, r) with S S^T = a for a symmetric PSD matrix of rank r, via eigh (S = V_r W_r^(1/2))."""
     w, v = np.linalg.eigh(0.5 * (a + a.T))
-    return (v * np.sqrt(_clip_round_off(w))) @ v.T
+    w = _clip_round_off(w)
+    keep = w > 0
+    return v[:, keep] * np.sqrt(w[keep])
 
 
 def frechet_distance(mu1, cov1, mu2, cov2) -> float:
@@ -26,9 +28,10 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
 
         d^2 = |mu1 - mu2|^2 + tr(C1) + tr(C2) - 2 tr( (C1^(1/2) C2 C1^(1/2))^(1/2) )
 
-    The trace of the square root is the sum of sqrt of the eigenvalues of the symmetric PSD
-    matrix C1^(1/2) C2 C1^(1/2) (which has the same eigenvalues as C1 C2), so no non-symmetric
-    sqrtm and no complex round-off. Returns a Python float (>= 0 up to round-off).
+    The trace of the square root is the sum of sqrt of the eigenvalues of C1 C2. With C1 = S S^T
+    (S of shape (d, rank C1)) those are the eigenvalues of the symmetric PSD matrix S^T C2 S, so no
+    non-symmetric sqrtm and no complex round-off, and a covariance of N < d samples costs one eigh
+    of d x d and one of N x N. Returns a Python float (>= 0 up to round-off).
     """
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
@@ -39,8 +42,8 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
     if cov1.shape != (d, d) or cov2.shape != (d, d):
         raise ValueError(f"cov1 and cov2 must have shape ({d}, {d}), got {cov1.shape} and "
                          f"{cov2.shape}")
-    s1 = _sym_sqrt_psd(cov1)
-    m = s1 @ cov2 @ s1
+    s1 = _psd_factor(cov1)
+    m = s1.T @ cov2 @ s1
     eig = np.linalg.eigvalsh(0.5 * (m + m.T))
     tr_sqrt = np.sum(np.sqrt(_clip_round_off(eig)))
     diff = mu1 - mu2
