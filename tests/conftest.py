@@ -24,6 +24,8 @@ save another 10 %, but it changes float rounding enough that the alpha = 1 SiD t
 import os
 import tempfile
 
+import pytest
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxgen-test-jit-cache-")
@@ -46,9 +48,6 @@ jax.config.update("jax_num_cpu_devices", 8)
 # module under a trace is quadratic in its size (the CIFAR-10 UNet under eval_shape: 2.5 s, 0.5 s without). getattr
 # discards the message; the tests skip building it (tests/test_nets.py + 3 others: 105 -> 96 s).
 partial_eval.DynamicJaxprTracer._origin_msg = lambda self: ""
-
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
