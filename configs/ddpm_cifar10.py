@@ -41,8 +41,8 @@ not a measurement). The evaluation sampler draws one batch of eval.batch_size = 
 step, at most 30 steps/s (memory bound), so 50,000 samples x 1000 steps take at least ~14 min on v5e-8.
 Scoring them (eval.metric='inception'): the FID Inception-v3 on 256 images per chip takes 4.09 GiB, 2826 GFLOP
 and 32.4 GiB accessed per batch, at most 23.6 batches/s (memory bound): about 1 s for the 50,000 samples.
-The sampling variants' steps at 256 samples per chip: 2.12 GiB (:ddim, :analytic, :analytic_ddim) to 2.46 GiB (:pc),
-at most 30 (one network evaluation per loop step) to 10 (:heun) loop steps/s; experiments/results/aot_tpu.json.
+The sampling variants' steps at 256 samples per chip: 2.12 GiB (:ddim, :analytic, :analytic_ddim) to 2.56 GiB (:amed),
+at most 30 (one network evaluation per loop step) to 7.7 (:dpm2) loop steps/s; experiments/results/aot_tpu.json.
 """
 
 import ml_collections
