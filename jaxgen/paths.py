@@ -235,7 +235,7 @@ def stage(p: PathLike, local_dir: PathLike) -> str:
 
 
 def _stage_dir(src_dir: epath.Path, dest_dir: str) -> None:
-    os.makedirs(dest_dir, exist_ok=True)
+    os.makedirs(dest_dir, exist_ok=True)  # local: the staging copy is on this host by design
     for src in src_dir.iterdir():
         dst = os.path.join(dest_dir, src.name)
         if src.is_dir():
