@@ -15,6 +15,9 @@ Measured side by side in one run on the default JAX device (float32 / complex64)
 * layer_fwd_bwd: value and gradient of mean(layer(x)^2) w.r.t. all parameters for a batch of 4:
   S4D layer (vandermonde), S4 layer (cauchy, default chunk 'auto') and the naive kernel inside the
   same conv layer.
+* block_matmul: the cauchy method's matmul alone at one block's shape (per channel 8 x N/2 by N/2 x 2 chunk, batched
+  over the H channels, each with its own modes): the most the kernel's frac_of_matmul can reach without another
+  formulation.
 * lru: LRU forward and forward+backward with jax.lax.associative_scan vs jax.lax.scan.
 
 Each row: compile_s (lower + compile), time_ms (best wall time of up to 5 calls, stopping once
@@ -185,6 +188,17 @@ def main(argv=None):
                 rows.append(rate(row, gflop, peak))
                 print(f"  kernel {method:13s} N={N:4d} L={L:6d}: {row['time_ms']:10.1f} ms ({time.time() - t0:.0f}s)", flush=True)
 
+    # the paired kernel's matmul alone, at one block's shape: coef (H, 2 (1 + r)^2, N/2) @ U (H, N/2, 2 chunk), r = 1,
+    # batched over the channels (each channel has its own modes): the ceiling of the kernel's frac_of_matmul
+    for N in Ns:
+        c = K.dplr_auto_chunk(H, N // 2)
+        coef = jax.random.normal(jax.random.key(2), (H, 8, N // 2))
+        U = jax.random.normal(jax.random.key(3), (H, N // 2, 2 * c))
+        row = dict(bench="block_matmul", method="cauchy_block_matmul", N=N, H=H, chunk=c)
+        row.update(measure(lambda a, b: jnp.einsum("hcn,hnm->hcm", a, b), coef, U))
+        rows.append(rate(row, 2 * H * 8 * (N // 2) * 2 * c / 1e9, peak))
+        print(f"  block matmul N={N:4d}: {row['time_ms']:10.3f} ms, {row['gflops_per_s']:.1f} GFLOP/s", flush=True)
+
     # 2. layers: forward + backward
     for N in Ns:
         for L in Ls:
@@ -260,15 +274,18 @@ def main(argv=None):
                     out.append(f"| {bench} | {r['method']} | {N} | {L} | {r['chunk']} | {r['time_ms']:.1f} | {r['cpu_ms']:.1f} | {ratio} | "
                                f"{r['compile_s']:.2f} | {r['peak_mb']} | {r['gflops_per_s']:.2f} | {r['frac_of_matmul']:.4f} |")
     out += ["\n### S4 (cauchy) against S4D (vandermonde) and the previous S4 kernel (cauchy_direct)\n",
-            "| N | L | kernel cauchy frac of matmul | kernel cauchy_direct / cauchy time | "
+            "The ceiling column: the paired kernel's per-block matmul alone (batched over the H channels, "
+            "8 x N/2 by N/2 x 2 chunk each), as a fraction of the matmul rate.\n",
+            "| N | L | kernel cauchy frac of matmul | its block matmul alone (ceiling) | kernel cauchy_direct / cauchy time | "
             "layer S4 ms | layer S4D ms | S4 / S4D layer time | S4 / S4D layer CPU time |",
-            "|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|"]
     for N in Ns:
         for L in Ls:
             get = lambda bench, m: next(r for r in rows if r["bench"] == bench and r["method"] == m and r["N"] == N and r["L"] == L)  # noqa: E731
             kc, kd = get("kernel", "cauchy"), get("kernel", "cauchy_direct")
+            ceiling = next(r for r in rows if r["bench"] == "block_matmul" and r["N"] == N)
             s4, s4d = get("layer_fwd_bwd", "cauchy"), get("layer_fwd_bwd", "vandermonde")
-            out.append(f"| {N} | {L} | {kc['frac_of_matmul']:.3f} | {kd['time_ms'] / kc['time_ms']:.1f}x | "
+            out.append(f"| {N} | {L} | {kc['frac_of_matmul']:.3f} | {ceiling['frac_of_matmul']:.3f} | {kd['time_ms'] / kc['time_ms']:.1f}x | "
                        f"{s4['time_ms']:.1f} | {s4d['time_ms']:.1f} | {s4['time_ms'] / s4d['time_ms']:.2f}x | "
                        f"{s4['cpu_ms'] / s4d['cpu_ms']:.2f}x |")
     out += [f"\n### LRU (N = {lru_N}, H = {H}, batch {B}): associative scan vs lax.scan\n",
