@@ -129,8 +129,8 @@ def fit_amed(denoise_fn: Callable, process: Process, ts, sample_prior: Callable,
     k_data, k_init, k_loop = jax.random.split(key, 3)
     x_init = sample_prior(k_data, num_train)
     teacher = jax.jit(lambda x: teacher_trajectory(denoise_fn, process, x, ts, substeps))(x_init)
-    model = AMEDPredictor(num_features, hidden, rngs=nnx.Rngs(k_init))
-    graphdef, state = nnx.split(model)
+    # built in one jitted program (eagerly, each parameter's initialiser compiles on its own)
+    graphdef, state = nnx.split(nnx.jit(lambda: AMEDPredictor(num_features, hidden, rngs=nnx.Rngs(k_init)))())
     opt = optax.adam(learning_rate)
     opt_state = opt.init(state)
 
@@ -151,17 +151,22 @@ def fit_amed(denoise_fn: Callable, process: Process, ts, sample_prior: Callable,
         losses.append(float(loss))
     rc_fn = make_rc_fn(graphdef, state, feature_fn)
 
-    # mean predicted (r, c) per step on the training set's teacher states
-    rs, cs = [], []
-    x = teacher[0]
-    for k in range(len(ts) - 1):
-        t0 = jnp.asarray(ts[k], x.dtype)
-        s0, s1 = process.sigma_ratio(t0), process.sigma_ratio(jnp.asarray(ts[k + 1], x.dtype))
-        y = x / process.alpha(t0)
-        d0 = (y / jnp.sqrt(1 + s0**2) if (afs and k == 0) else
-              (y - denoise_fn(x, jnp.full((x.shape[0],), t0))) / s0)
-        r, c = rc_fn(k, y, d0, s0, s1)
-        rs.append(float(jnp.mean(r)))
-        cs.append(float(jnp.mean(c)))
-        x = teacher[k + 1]
-    return rc_fn, dict(losses=losses, r=rs, c=cs, graphdef=graphdef, state=state)
+    @jax.jit  # one program, not a compile per eager op
+    def mean_rc(teacher):
+        """Mean predicted (r, c) per step [n], [n] on the training set's teacher states."""
+        rs, cs = [], []
+        for k in range(len(ts) - 1):
+            x = teacher[k]
+            t0 = jnp.asarray(ts[k], x.dtype)
+            s0, s1 = process.sigma_ratio(t0), process.sigma_ratio(jnp.asarray(ts[k + 1], x.dtype))
+            y = x / process.alpha(t0)
+            d0 = (y / jnp.sqrt(1 + s0**2) if (afs and k == 0) else
+                  (y - denoise_fn(x, jnp.full((x.shape[0],), t0))) / s0)
+            r, c = rc_fn(k, y, d0, s0, s1)
+            rs.append(jnp.mean(r))
+            cs.append(jnp.mean(c))
+        return jnp.stack(rs), jnp.stack(cs)
+
+    r_mean, c_mean = mean_rc(teacher)
+    return rc_fn, dict(losses=losses, r=[float(v) for v in r_mean], c=[float(v) for v in c_mean], graphdef=graphdef,
+                       state=state)
