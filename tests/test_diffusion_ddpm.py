@@ -143,7 +143,7 @@ def _propagated_moments(schedule, mu, sd, variance):
 
 @pytest.mark.parametrize("variance", ["beta", "beta_tilde"])
 def test_ancestral_sampling_reproduces_gaussian(variance):
-    mu, sd, n = 0.4, 0.3, 20000
+    mu, sd, n = 0.4, 0.3, 10000
     s = make_schedule("linear", 1000)
     sample = jax.jit(ddpm_sample, static_argnums=(0, 2, 4))
     x = np.asarray(sample(_gauss_eps_fn(s, mu, sd), s, (n, 2), jax.random.key(4), variance))
