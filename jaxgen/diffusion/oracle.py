@@ -16,6 +16,7 @@ With a process (x_t = alpha(t) x0 + sigma(t) eps) the oracle becomes the perfect
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -81,6 +82,7 @@ class GaussianMixture:
         return self.means.shape[0]
 
     # --- data distribution
+    @functools.partial(jax.jit, static_argnames="n")  # one program per n (eagerly: ~8 op compiles)
     def sample(self, key: Array, n: int) -> Array:
         """n samples [n, D]: component k ~ Cat(w), x0 = mu_k + s_k z. n: an integer >= 0 (static)."""
         n = _checks.number("n", n, integer=True, low=0)
@@ -115,20 +117,24 @@ class GaussianMixture:
         logits = jnp.log(self.weights)[None, :] - 0.5 * D * jnp.log(2 * math.pi * v) - 0.5 * diff2 / v
         return logits, v, a
 
+    @jax.jit  # the public densities: one program per shape when called eagerly
     def log_prob(self, x: Array, alpha: Array = 1.0, sigma: Array = 0.0) -> Array:
         """log p(x) [B] of the noised mixture (alpha = 1, sigma = 0: the data density)."""
         logits, _, _ = self._terms(x, alpha, sigma)
         return jax.nn.logsumexp(logits, axis=-1)
 
+    @jax.jit
     def responsibilities(self, x: Array, alpha: Array = 1.0, sigma: Array = 0.0) -> Array:
         """p(k | x) [B, K]."""
         logits, _, _ = self._terms(x, alpha, sigma)
         return jax.nn.softmax(logits, axis=-1)
 
+    @jax.jit
     def denoise(self, x: Array, alpha: Array, sigma: Array) -> Array:
         """E[x0 | x] [B, D], exact."""
         return self.posterior_moments(x, alpha, sigma)[0]
 
+    @jax.jit
     def posterior_moments(self, x: Array, alpha: Array, sigma: Array) -> tuple[Array, Array]:
         """(E[x0 | x], Var[x0 | x] per coordinate), both [B, D], exact (law of total variance)."""
         logits, v, a = self._terms(x, alpha, sigma)
@@ -141,6 +147,7 @@ class GaussianMixture:
         second = jnp.einsum("bk,bkd->bd", r, m_k**2) + jnp.sum(r * var_k, -1, keepdims=True)
         return mean, jnp.maximum(second - mean**2, 0.0)
 
+    @jax.jit
     def score(self, x: Array, alpha: Array, sigma: Array) -> Array:
         """grad_x log p(x) [B, D] = sum_k r_k (alpha mu_k - x) / v_k, exact."""
         logits, v, a = self._terms(x, alpha, sigma)
