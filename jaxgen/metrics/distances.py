@@ -1,6 +1,7 @@
 """Distances between point clouds: sliced Wasserstein-2 and the (unbiased) RBF MMD."""
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import chex
@@ -56,8 +57,12 @@ def sliced_wasserstein(x_ND: jax.Array, y_MD: jax.Array, key: jax.Array,
     """
     num_projections = _checks.number("num_projections", num_projections, integer=True, low=1)
     x, y = _check_clouds(x_ND, y_MD)
-    d = x.shape[1]
-    theta_PD = jax.random.normal(key, (num_projections, d), x.dtype)
+    return _sliced_wasserstein(x, y, key, num_projections)
+
+
+@functools.partial(jax.jit, static_argnums=3)  # called eagerly: one program, not one per op
+def _sliced_wasserstein(x, y, key, num_projections):
+    theta_PD = jax.random.normal(key, (num_projections, x.shape[1]), x.dtype)
     theta_PD = theta_PD / jnp.linalg.norm(theta_PD, axis=-1, keepdims=True)
     w2sq = wasserstein2_1d_squared(theta_PD @ x.T, theta_PD @ y.T)
     return jnp.sqrt(jnp.mean(w2sq))
@@ -89,6 +94,12 @@ def mmd(x_ND: jax.Array, y_MD: jax.Array,
     if h.shape[0] < 1:
         raise ValueError("bandwidths must be a non-empty sequence of positive floats")
     _checks.values("bandwidths", h, lambda xp, v: xp.isfinite(v) & (v > 0), "finite and > 0")
+    return _mmd(x, y, h)
+
+
+@jax.jit  # called eagerly: one program, not one per op
+def _mmd(x, y, h):
+    n, m = x.shape[0], y.shape[0]
 
     def k(a, b):
         d = _sq_dists(a, b)
