@@ -218,7 +218,7 @@ def save_figure(fig, p: PathLike, **savefig_kwargs) -> None:
     """`fig.savefig` to a local path or a URL (rendered to memory, then written whole)."""
     fmt = savefig_kwargs.pop("format", None) or os.path.splitext(os.fspath(p))[1].lstrip(".") or "png"
     buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, **savefig_kwargs)
+    fig.savefig(buf, format=fmt, **savefig_kwargs)  # local: renders into memory; written below through write_bytes
     write_bytes(p, buf.getvalue())
 
 
@@ -244,6 +244,6 @@ def _stage_dir(src_dir: epath.Path, dest_dir: str) -> None:
         if os.path.exists(dst) and os.path.getsize(dst) == src.stat().length:
             continue
         tmp = f"{dst}.{uuid.uuid4().hex}.tmp"
-        with src.open("rb") as fin, io.open(tmp, "wb") as fout:
+        with src.open("rb") as fin, io.open(tmp, "wb") as fout:  # local: the staging copy
             shutil.copyfileobj(fin, fout, 8 << 20)
-        os.replace(tmp, dst)
+        os.replace(tmp, dst)  # local
