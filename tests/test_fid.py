@@ -5,7 +5,6 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from pytorch_fid.fid_score import calculate_frechet_distance
 
 from jaxgen import data
 from jaxgen.metrics import fid, fid_stats, precision_recall as pr
@@ -36,7 +35,10 @@ def test_streamed_stats_equal_numpy_mean_cov():
         a.update(np.full((1, 24), np.nan))
 
 
+@pytest.mark.xdist_group("torch")
 def test_fid_equals_pytorch_fid():
+    from pytorch_fid.fid_score import calculate_frechet_distance  # here, not at collection: it loads torch (~4 s)
+
     x1, x2 = _features(1, 400, 64), _features(2, 350, 64, shift=0.3)
     s1 = fid.FeatureStats(64)
     for chunk in np.array_split(x1, 7):
@@ -178,6 +180,7 @@ def test_split_stats_reads_every_example_once():
     np.testing.assert_allclose(stats.sigma, np.cov(f, rowvar=False), rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.xdist_group("torch")  # random_inception_weights: on the worker that has torch loaded
 def test_fid_stats_cli_on_mock_cifar10(tmp_path, monkeypatch, capsys, random_inception_weights):
     """End to end: a random weights file, 8 mock images sharded over the 8 emulated devices."""
     monkeypatch.setenv("JAXGEN_CACHE", str(tmp_path / "empty_cache"))

@@ -12,19 +12,29 @@ import zipfile
 import jax
 import numpy as np
 import pytest
-import torch  # the reference implementation: a missing torch / pytorch-fid fails, never skips
-import torch.nn.functional as F
-from pytorch_fid import inception as pfid_inception
-
 from jaxgen.config import ConfigError
 from jaxgen.metrics import inception as inc
 from jaxgen.metrics.fid import InceptionExtractor
+
+# torch and pytorch-fid load in ~4 s: one pytest-xdist worker runs this file and the other tests that need them.
+pytestmark = pytest.mark.xdist_group("torch")
+
+
+def _torch():
+    """(torch, torch.nn.functional, pytorch-fid's inception module): the reference implementation, imported by the
+    tests that use it rather than at collection; missing, those tests fail, never skip."""
+    import torch
+    import torch.nn.functional
+    from pytorch_fid import inception
+
+    return torch, torch.nn.functional, inception
 
 
 @pytest.fixture(scope="module")
 def ported(random_inception_weights):
     """(pytorch-fid outputs, port's outputs, state dict) on the same 2 images in [0, 1]."""
     path, sd = random_inception_weights
+    torch, F, pfid_inception = _torch()
 
     # pytorch-fid's InceptionV3 fetches its weights with load_state_dict_from_url: hand it ours.
     original = pfid_inception.load_state_dict_from_url
@@ -59,6 +69,7 @@ def test_pool3_and_logits_equal_pytorch_fid(ported):
 
 @pytest.mark.parametrize("in_hw", [(32, 32), (28, 45), (512, 400)])
 def test_resize_equals_torch_bilinear(in_hw):
+    torch, F, _ = _torch()
     x = np.random.default_rng(0).normal(size=(1, *in_hw, 3)).astype(np.float32)
     ref = F.interpolate(torch.from_numpy(x.transpose(0, 3, 1, 2)), size=(299, 299),
                         mode="bilinear", align_corners=False).numpy().transpose(0, 2, 3, 1)
@@ -68,6 +79,7 @@ def test_resize_equals_torch_bilinear(in_hw):
 
 
 def test_reader_both_torch_formats_and_views(tmp_path):
+    torch = _torch()[0]
     base = torch.randn(4, 6)
     # A module's state dict (an OrderedDict with _metadata, int64 num_batches_tracked), plus views
     # sharing one storage, other dtypes and a Parameter.
@@ -90,6 +102,7 @@ class _Evil:
 
 
 def test_reader_refuses_code(tmp_path):
+    torch = _torch()[0]
     path = tmp_path / "evil.pth"
     torch.save({"w": torch.zeros(2), "x": _Evil()}, path)
     with pytest.raises(pickle.UnpicklingError, match="refusing to load global"):

@@ -7,6 +7,7 @@ signature, and `frechet_distance_from_features` does not care which one produced
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -114,10 +115,11 @@ def _check_images(name, images, labels):
     return images.astype(np.float32), labels.astype(np.int32)
 
 
+@functools.partial(nnx.jit, static_argnums=(0, 1, 2, 3, 4))
 def _new_classifier(channels, num_classes, size, width, seed) -> Classifier:
     """Classifier(..., rngs=nnx.Rngs(seed)), initialised in one jitted program (eagerly, each parameter's
     initialiser compiles on its own)."""
-    return nnx.jit(lambda: Classifier(channels, num_classes, size, width, rngs=nnx.Rngs(seed)))()
+    return Classifier(channels, num_classes, size, width, rngs=nnx.Rngs(seed))
 
 
 def train_classifier(train_images, train_labels, *, num_classes: int, width: int = 32,
@@ -129,7 +131,7 @@ def train_classifier(train_images, train_labels, *, num_classes: int, width: int
     graphdef, params = nnx.split(model)
     tx = optax.adamw(optax.cosine_decay_schedule(learning_rate, num_steps),
                      weight_decay=weight_decay)
-    opt_state = tx.init(params)
+    opt_state = jax.jit(tx.init)(params)
     x_all, y_all = jnp.asarray(train_images), jnp.asarray(train_labels)
 
     def loss_fn(params, x, y):
@@ -137,7 +139,7 @@ def train_classifier(train_images, train_labels, *, num_classes: int, width: int
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     @jax.jit
-    def step(params, opt_state, idx):
+    def step(params, opt_state, x_all, y_all, idx):  # the data as arguments, not constants of the program
         loss, grads = jax.value_and_grad(loss_fn)(params, x_all[idx], y_all[idx])
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
@@ -149,7 +151,7 @@ def train_classifier(train_images, train_labels, *, num_classes: int, width: int
     order = np.concatenate([rng.permutation(n) for _ in range(-(-num_steps * b // n))])
     losses = []
     for i in range(num_steps):
-        params, opt_state, loss = step(params, opt_state, jnp.asarray(order[i * b:(i + 1) * b]))
+        params, opt_state, loss = step(params, opt_state, x_all, y_all, jnp.asarray(order[i * b:(i + 1) * b]))
         losses.append(loss)
     losses = [float(losses[0]), float(losses[-1])]
     log.info("classifier trained: loss %.4f -> %.4f", float(losses[0]), float(losses[-1]))
@@ -194,9 +196,9 @@ def classifier_features(dataset_name: str, train_images, train_labels, test_imag
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset_name)
     path = paths.join(cache_dir or default_cache_dir(), f"classifier_{safe}_{digest}.msgpack")
 
-    _, size, _, channels = xtr.shape
-    model = _new_classifier(channels, num_classes, size, width, seed)
     if paths.exists(path):
+        _, size, _, channels = xtr.shape
+        model = _new_classifier(channels, num_classes, size, width, seed)
         try:
             blob = serialization.msgpack_restore(paths.read_bytes(path))
             if _load_params(model, blob["params"]):
