@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from jaxgen import run
@@ -27,6 +28,13 @@ BASE = ["--config", os.path.join(ROOT, "configs/ddpm_toy2d.py:smoke"), "--config
 
 def _main(workdir, *extra):
     return run.main([*BASE, "--workdir", str(workdir), *extra])
+
+
+def _refused(workdir, *extra):
+    """_main with the compilation cache where a user's run keeps it ($JAX_COMPILATION_CACHE_DIR unset: in the
+    workdir) and this process's compiled programs forgotten, so that a refused run writing it would show."""
+    jax.clear_caches()
+    return _main(workdir, *extra, f"--config.train.compile_cache_dir={workdir}/compile_cache")
 
 
 def _dead_pid() -> int:
@@ -124,7 +132,7 @@ def test_lock_is_exclusive_and_released_only_by_its_owner(tmp_path):
 def test_resume_under_changed_config_refused_listing_each_key(trained, capsys):
     workdir = trained["workdir"]
     before = _snapshot(workdir)
-    assert _main(workdir, "--config.diffusion.num_steps=40", "--config.train.batch_size=16",
+    assert _refused(workdir, "--config.diffusion.num_steps=40", "--config.train.batch_size=16",
                  "--config.eval.num_samples=8", "--config.train.num_steps=6") == 2
     errors = _errors(capsys.readouterr().err)
     assert len(errors) == 1, errors
@@ -138,7 +146,7 @@ def test_resume_under_changed_config_refused_listing_each_key(trained, capsys):
 def test_forced_resume_that_cannot_restore_exits_2_before_changing_the_workdir(trained, capsys):
     workdir = trained["workdir"]
     before = _snapshot(workdir)
-    assert _main(workdir, "--config.model.hidden=16", "--config.train.resume_changed=True") == 2
+    assert _refused(workdir, "--config.model.hidden=16", "--config.train.resume_changed=True") == 2
     errors = _errors(capsys.readouterr().err)
     assert len(errors) == 1, errors
     assert "does not fit the state this config builds" in errors[0]
@@ -220,7 +228,7 @@ def test_no_intact_checkpoint_exits_2_before_changing_the_workdir(trained, tmp_p
     os.remove(workdir / "checkpoints/4/state/_METADATA")
     os.remove(workdir / "checkpoints/2/data/process_0-of-1.json")
     before = _snapshot(workdir)
-    assert _main(workdir) == 2
+    assert _refused(workdir) == 2
     errors = _errors(capsys.readouterr().err)
     assert len(errors) == 1, errors
     assert "no intact checkpoint" in errors[0]

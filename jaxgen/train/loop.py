@@ -274,8 +274,6 @@ def train_and_evaluate(config, workdir: str, task) -> dict[str, Any]:
 
 def _train_and_evaluate(config, workdir: str, task) -> dict[str, Any]:
     print(process_line(), flush=True)
-    enable_compile_cache(config.train.get("compile_cache_dir", ""), workdir)
-
     mesh = run_mesh(config)
     root = jax.random.key(config.seed)
     init_key, train_key, eval_key = jax.random.split(root, 3)
@@ -284,6 +282,8 @@ def _train_and_evaluate(config, workdir: str, task) -> dict[str, Any]:
     state_sharding = mesh_lib.state_shardings(mesh, abstract, config.mesh.fsdp_min_size)
     batch_sharding = mesh_lib.batch_sharding(mesh)
     resume_step = workdir_lib.prepare_resume(config, workdir, primary=jax.process_index() == 0, abstract=abstract)
+    # Only now: the default cache is in the workdir, which a refused run must leave as it was.
+    enable_compile_cache(config.train.get("compile_cache_dir", ""), workdir)
     paths.makedirs(workdir)
     prepared = task.prepare(workdir, mesh) if task.prepare is not None else {}
     try:
