@@ -190,7 +190,7 @@ def test_inception_metric_scores_and_resumes_from_its_saved_state(tmp_path, rand
     config_lib.apply_overrides(config, [("eval.metric", "inception"), ("eval.inception_weights", str(random_inception_weights[0])),
                                         ("eval.fid_stats", str(tmp_path / "ref.npz")), ("eval.num_samples", "10"),
                                         ("eval.batch_size", "10"), ("eval.untrained_baseline", "False"),
-                                        ("eval.precision_recall", "10"), ("model.ch_mult", "(1,)"),
+                                        ("eval.precision_recall", "4"), ("model.ch_mult", "(1,)"),
                                         ("model.attn_resolutions", "()")])  # the sampler's network is not the point
     task = task_lib.build(config)
     state = jax.jit(task.init)(jax.random.key(0))
