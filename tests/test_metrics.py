@@ -209,7 +209,7 @@ def _digits():
 
 def test_classifier_features_digits_accuracy_and_cache(tmp_path, monkeypatch):
     xtr, ytr, xte, yte = _digits()
-    small = dict(num_steps=200, width=16)  # reaches 0.99 test accuracy at a third of the default's cost
+    small = dict(num_steps=100, width=16)  # 0.98 test accuracy (0.99 at 200 steps, 0.93 at 60) at a sixth of the default's cost
     extractor, acc = metrics.classifier_features("digits", xtr, ytr, xte, yte, cache_dir=tmp_path, **small)
     assert acc >= 0.95, acc
     assert isinstance(extractor, metrics.FeatureExtractor)
