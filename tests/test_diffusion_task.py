@@ -176,7 +176,6 @@ def test_sampling_peak_memory_does_not_grow_with_num_samples():
     assert sizes[0][2] == 16 * 2 * 4  # one batch of 16 two-dimensional float32 samples
 
 
-@pytest.mark.xdist_group("torch")  # random_inception_weights: on the worker that has torch loaded
 def test_inception_metric_scores_and_resumes_from_its_saved_state(tmp_path, random_inception_weights):
     """eval.metric='inception' on the digits (random Inception weights written as torch writes the published file,
     random reference statistics): FID and IS are reported, the running statistics saved after every batch, and an

@@ -35,7 +35,6 @@ def test_streamed_stats_equal_numpy_mean_cov():
         a.update(np.full((1, 24), np.nan))
 
 
-@pytest.mark.xdist_group("torch")
 def test_fid_equals_pytorch_fid():
     from pytorch_fid.fid_score import calculate_frechet_distance  # here, not at collection: it loads torch (~4 s)
 
@@ -180,7 +179,6 @@ def test_split_stats_reads_every_example_once():
     np.testing.assert_allclose(stats.sigma, np.cov(f, rowvar=False), rtol=1e-5, atol=1e-9)
 
 
-@pytest.mark.xdist_group("torch")  # random_inception_weights: on the worker that has torch loaded
 def test_fid_stats_cli_on_mock_cifar10(tmp_path, monkeypatch, capsys, random_inception_weights):
     """End to end: a random weights file, 8 mock images sharded over the 8 emulated devices."""
     monkeypatch.setenv("JAXGEN_CACHE", str(tmp_path / "empty_cache"))

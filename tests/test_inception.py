@@ -16,10 +16,6 @@ from jaxgen.config import ConfigError
 from jaxgen.metrics import inception as inc
 from jaxgen.metrics.fid import InceptionExtractor
 
-# torch and pytorch-fid load in ~4 s: one pytest-xdist worker runs this file and the other tests that need them.
-pytestmark = pytest.mark.xdist_group("torch")
-
-
 def _torch():
     """(torch, torch.nn.functional, pytorch-fid's inception module): the reference implementation, imported by the
     tests that use it rather than at collection; missing, those tests fail, never skip."""
