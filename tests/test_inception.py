@@ -12,9 +12,11 @@ import zipfile
 import jax
 import numpy as np
 import pytest
+
 from jaxgen.config import ConfigError
 from jaxgen.metrics import inception as inc
 from jaxgen.metrics.fid import InceptionExtractor
+
 
 def _torch():
     """(torch, torch.nn.functional, pytorch-fid's inception module): the reference implementation, imported by the
