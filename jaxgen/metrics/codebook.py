@@ -2,6 +2,8 @@
 (`jaxgen.quant.usage_from_counts` / `perplexity_from_counts` of their histogram, checked)."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -19,6 +21,11 @@ def _counts(indices, codebook_size: int) -> jax.Array:
     # concrete indices are checked here; traced ones (under jit) are not
     _checks.values("indices", idx, lambda xp, i: (i >= 0) & (i < codebook_size),
                    f"in [0, codebook_size = {codebook_size})")
+    return _histogram(idx, codebook_size)
+
+
+@functools.partial(jax.jit, static_argnums=1)  # one program per shape when called eagerly, not one per op
+def _histogram(idx, codebook_size: int) -> jax.Array:
     return jnp.zeros((codebook_size,), jnp.float32).at[idx].add(1.0, mode="drop")
 
 

@@ -158,11 +158,13 @@ def code_counts(indices: Array, num_codes: int, *, validate: bool | None = None)
     return jnp.zeros((num_codes,), jnp.float32).at[jnp.asarray(indices).reshape(-1)].add(1.0)
 
 
+@jax.jit  # called eagerly by evaluation: one program per shape instead of one per op
 def usage_from_counts(counts: Array) -> Array:
     """Fraction of codes used at least once: #{k : n_k > 0} / K."""
     return jnp.mean((counts > 0).astype(jnp.float32))
 
 
+@jax.jit
 def perplexity_from_counts(counts: Array) -> Array:
     """exp(H(p)), p_k = n_k / sum n, H = -sum p log p (0 log 0 = 0): from 1 (one code) to K (uniform)."""
     p = counts / jnp.maximum(jnp.sum(counts), 1e-12)
