@@ -1,6 +1,7 @@
-"""Where the CIFAR-10 UNet's TPU train step spends its bytes: its parts compiled for one v5e chip (no TPU needed).
+"""Where the CIFAR-10 UNet's TPU train step spends its time: its parts compiled for one v5e chip (no TPU needed).
 
     python -m experiments.aot_breakdown [--batch 16] [--dtypes float32,bfloat16] [--parts fwd,grad,opt,full]
+    python -m experiments.aot_breakdown --table      # the recorded rows, compiling nothing
 
 configs/ddpm_cifar10.py trains with a global batch of 128 on v5e-8: 16 images per chip. Each part is the program a
 chip runs for its share, compiled through libtpu for one chip of an abstract v5e slice (jaxgen.aot's way):
@@ -12,8 +13,9 @@ chip runs for its share, compiled through libtpu for one chip of an abstract v5e
 
 For each: XLA's FLOPs and bytes accessed (`cost_analysis`), the roofline bounds FLOPs / peak and bytes / HBM
 bandwidth with v5e's published figures (197 TFLOP/s bf16, 819 GB/s), and the TPU compiler's own cost model: the sum
-of the `estimated_cycles` it records for each operation of the program, with the share of the largest categories.
-Writes experiments/results/aot_breakdown.json (one row per dtype and part). Compiling `grad` and `full` takes minutes
+of the `estimated_cycles` it records for each operation of the program, in ms at v5e's clock, with the shares of
+convolutions + matmuls, reductions, random bits (dropout's masks and selects) and the rest.
+Writes experiments/results/aot_breakdown.json (one row per batch, dtype and part). Compiling `grad` and `full` takes minutes
 each on 2 CPU cores.
 """
 
@@ -34,7 +36,7 @@ from experiments._report import markdown_table, prepare_out, write_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-COLS = ["dtype", "part", "gflop", "gib_accessed", "flop_bound_ms", "memory_bound_ms", "bound_by", "mcycles",
+COLS = ["batch_per_chip", "dtype", "part", "gflop", "gib_accessed", "flop_bound_ms", "memory_bound_ms", "bound_by", "mcycles",
         "estimated_ms", "mxu", "reductions", "rng", "other"]
 V5E_CLOCK_HZ = 197e12 / (4 * 128 * 128 * 2)  # the published bf16 peak over 4 MXUs of 128 x 128 multiply-adds: 1.5 GHz
 

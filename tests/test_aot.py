@@ -195,3 +195,31 @@ def test_inception_extraction_is_a_default_step_only_where_evaluation_scores_wit
     assert aot.parse_args(["--config", SMOKE, "--topology", "v5e:2x2"])["steps"] is None
     assert aot.parse_args(["--config", SMOKE, "--topology", "v5e:2x2", "--steps", "inception"])["steps"] == (
         "inception",)
+
+
+def test_breakdown_sums_the_compilers_estimated_cycles_by_category():
+    """experiments/aot_breakdown.py on a hand-written XLA:TPU entry computation: only the entry's operations that
+    carry an estimate count, each under its op, fusion kind and JAX primitive, grouped into the table's shares."""
+    from experiments import aot_breakdown
+
+    hlo = "\n".join([
+        "%fused_computation.1 (p: f32[4]) -> f32[4] {",
+        '  %x = f32[4]{0} add(%p, %p), backend_config={"estimated_cycles":"999"}',  # not in the entry
+        "}",
+        "",
+        "ENTRY %main.1 (a: f32[8,8]) -> f32[8] {",
+        '  %a = f32[8,8]{1,0} parameter(0), metadata={op_name="a"}',
+        '  %conv.1 = f32[8,8]{1,0} fusion(%a), kind=kOutput, calls=%f1, metadata={op_name="jit(f)/conv_general_dilated"}, '
+        'backend_config={"window_config":{},"estimated_cycles":"600"}',
+        '  %dot.2 = f32[8,8]{1,0} fusion(%conv.1), kind=kOutput, calls=%f2, metadata={op_name="jit(f)/dot_general[x]"}, '
+        'backend_config={"estimated_cycles":"200"}',
+        '  %red.3 = f32[8]{0} fusion(%dot.2), kind=kLoop, calls=%f3, metadata={op_name="jit(f)/reduce_sum"}, '
+        'backend_config={"estimated_cycles":"150"}',
+        '  ROOT %copy.4 = f32[8]{0} copy(%red.3), backend_config={"estimated_cycles":"50"}',
+        "}",
+    ])
+    total, by = aot_breakdown.estimated_cycles(hlo)
+    assert total == 1000.0
+    assert by == {"fusion:Output conv_general_dilated": 600, "fusion:Output dot_general": 200,
+                  "fusion:Loop reduce_sum": 150, "copy": 50}
+    assert aot_breakdown.grouped_shares(by) == pytest.approx({"mxu": 0.8, "reductions": 0.15, "rng": 0.0, "other": 0.05})
