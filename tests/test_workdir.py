@@ -32,9 +32,18 @@ def _main(workdir, *extra):
 
 def _refused(workdir, *extra):
     """_main with the compilation cache where a user's run keeps it ($JAX_COMPILATION_CACHE_DIR unset: in the
-    workdir) and this process's compiled programs forgotten, so that a refused run writing it would show."""
+    workdir) and this process's compiled programs forgotten, so that a refused run writing it would show; the test
+    session's cache is restored afterwards."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    session_cache = jax.config.jax_compilation_cache_dir
     jax.clear_caches()
-    return _main(workdir, *extra, f"--config.train.compile_cache_dir={workdir}/compile_cache")
+    try:
+        return _main(workdir, *extra, f"--config.train.compile_cache_dir={workdir}/compile_cache")
+    finally:
+        if jax.config.jax_compilation_cache_dir != session_cache:
+            jax.config.update("jax_compilation_cache_dir", session_cache)
+            compilation_cache.reset_cache()
 
 
 def _dead_pid() -> int:
@@ -133,7 +142,7 @@ def test_resume_under_changed_config_refused_listing_each_key(trained, capsys):
     workdir = trained["workdir"]
     before = _snapshot(workdir)
     assert _refused(workdir, "--config.diffusion.num_steps=40", "--config.train.batch_size=16",
-                 "--config.eval.num_samples=8", "--config.train.num_steps=6") == 2
+                    "--config.eval.num_samples=8", "--config.train.num_steps=6") == 2
     errors = _errors(capsys.readouterr().err)
     assert len(errors) == 1, errors
     assert "config.diffusion.num_steps: 20 -> 40" in errors[0]
