@@ -23,7 +23,6 @@ from typing import Any, Callable, Iterator
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxgen.diffusion.interpolants import flow_solve, uniform_grid
 from jaxgen.diffusion.processes import broadcast_to_batch

@@ -17,7 +17,6 @@ import argparse
 import math
 import sys
 
-import numpy as np
 
 from jaxgen.metrics.fid import FeatureStats, InceptionExtractor, save_stats
 

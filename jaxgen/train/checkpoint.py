@@ -113,8 +113,6 @@ def find_intact(directory: str) -> tuple[int | None, list[tuple[int, list[str]]]
 def set_aside(directory: str, step: int, dest: str) -> str:
     """Move the damaged checkpoint `directory/step` to `dest/step` (kept for inspection, out of orbax's
     view, so the step can be written again); returns the new location."""
-    import os
-
     src, dst = paths.join(directory, str(step)), paths.join(dest, str(step))
     n = 1
     while paths.exists(dst):

@@ -323,7 +323,7 @@ def prepare_resume(config, workdir: str, primary: bool = True, abstract=None) ->
     if damaged and step is None:
         raise ConfigError(f"no intact checkpoint in {directory}: "
                           + "; ".join(f"step {s} lacks {', '.join(m)}" for s, m in damaged)
-                          + f"; move them away (or use another --workdir) to start from scratch")
+                          + "; move them away (or use another --workdir) to start from scratch")
     if step is not None:
         check_resume_config(config, workdir)
         mismatches = ckpt_lib.shape_mismatches(directory, step, abstract) if abstract is not None else []
