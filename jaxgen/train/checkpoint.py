@@ -119,7 +119,7 @@ def set_aside(directory: str, step: int, dest: str) -> str:
         dst, n = paths.join(dest, f"{step}.{n}"), n + 1
     if not paths.is_remote(src):
         paths.makedirs(dest)
-        os.replace(src, dst)
+        os.replace(src, dst)  # local: a directory moves in one rename
         return dst
     for f in paths.path(src).rglob("*"):  # object stores: move object by object
         if not f.is_dir():

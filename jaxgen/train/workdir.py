@@ -50,7 +50,7 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(f"/proc/{pid}/stat") as f:  # local: this host's process table
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return True
