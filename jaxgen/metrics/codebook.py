@@ -2,13 +2,11 @@
 (`jaxgen.quant.usage_from_counts` / `perplexity_from_counts` of their histogram, checked)."""
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
 from jaxgen import _checks
-from jaxgen.quant.vq import perplexity_from_counts, usage_from_counts
+from jaxgen.quant.vq import code_counts, perplexity_from_counts, usage_from_counts
 
 
 def _counts(indices, codebook_size: int) -> jax.Array:
@@ -21,12 +19,7 @@ def _counts(indices, codebook_size: int) -> jax.Array:
     # concrete indices are checked here; traced ones (under jit) are not
     _checks.values("indices", idx, lambda xp, i: (i >= 0) & (i < codebook_size),
                    f"in [0, codebook_size = {codebook_size})")
-    return _histogram(idx, codebook_size)
-
-
-@functools.partial(jax.jit, static_argnums=1)  # one program per shape when called eagerly, not one per op
-def _histogram(idx, codebook_size: int) -> jax.Array:
-    return jnp.zeros((codebook_size,), jnp.float32).at[idx].add(1.0, mode="drop")
+    return code_counts(idx, codebook_size, validate=False)  # checked above, naming codebook_size
 
 
 def codebook_usage(indices, codebook_size: int) -> jax.Array:

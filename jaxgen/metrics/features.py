@@ -153,7 +153,6 @@ def train_classifier(train_images, train_labels, *, num_classes: int, width: int
     for i in range(num_steps):
         params, opt_state, loss = step(params, opt_state, x_all, y_all, jnp.asarray(order[i * b:(i + 1) * b]))
         losses.append(loss)
-    losses = [float(losses[0]), float(losses[-1])]
     log.info("classifier trained: loss %.4f -> %.4f", float(losses[0]), float(losses[-1]))
     return nnx.merge(graphdef, params)
 

@@ -17,7 +17,6 @@ import argparse
 import math
 import sys
 
-
 from jaxgen.metrics.fid import FeatureStats, InceptionExtractor, save_stats
 
 

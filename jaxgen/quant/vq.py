@@ -38,6 +38,7 @@ reaches the EMA codebook: for 'vq_ema' the codebook is not an nnx.Param, so valu
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import chex
@@ -155,7 +156,12 @@ def code_counts(indices: Array, num_codes: int, *, validate: bool | None = None)
     num_codes = _checks.number("num_codes", num_codes, integer=True, low=1)
     _checks.values("indices", indices, lambda xp, i: (i >= 0) & (i < num_codes), f"in [0, num_codes = {num_codes})",
                    validate=validate)
-    return jnp.zeros((num_codes,), jnp.float32).at[jnp.asarray(indices).reshape(-1)].add(1.0)
+    return _histogram(jnp.asarray(indices), num_codes)
+
+
+@functools.partial(jax.jit, static_argnums=1)  # called eagerly by evaluation: one program, not one per op
+def _histogram(indices: Array, num_codes: int) -> Array:
+    return jnp.zeros((num_codes,), jnp.float32).at[indices.reshape(-1)].add(1.0)
 
 
 @jax.jit  # called eagerly by evaluation: one program per shape instead of one per op
