@@ -188,7 +188,7 @@ def test_inception_metric_scores_and_resumes_from_its_saved_state(tmp_path, rand
     config = config_lib.load_config(QUICKSTART + ":smoke")
     config_lib.apply_overrides(config, [("eval.metric", "inception"), ("eval.inception_weights", str(random_inception_weights[0])),
                                         ("eval.fid_stats", str(tmp_path / "ref.npz")), ("eval.num_samples", "10"),
-                                        ("eval.batch_size", "10"), ("eval.untrained_baseline", "False"),
+                                        ("eval.batch_size", "5"), ("eval.untrained_baseline", "False"),
                                         ("eval.precision_recall", "4"), ("model.ch_mult", "(1,)"),
                                         ("model.attn_resolutions", "()")])  # the sampler's network is not the point
     task = task_lib.build(config)
@@ -199,7 +199,7 @@ def test_inception_metric_scores_and_resumes_from_its_saved_state(tmp_path, rand
     assert 0 <= out["precision"] <= 1 and 0 <= out["recall"] <= 1
     saved = os.path.join(workdir, "eval", "inception_ddpm-KT-beta_step0.npz")
     with np.load(saved) as f:
-        assert int(f["batch"]) == 1 and int(f["global_batch"]) == 10  # 10 samples: one batch of 10 on 1 device
+        assert int(f["batch"]) == 2 and int(f["global_batch"]) == 5  # 10 samples: two batches of 5 on 1 device
     again = task.evaluate(state, jax.random.key(1), workdir)
     assert again == out
 
