@@ -55,9 +55,9 @@ def pytest_configure(config):
     monitoring.register_event_listener(_on_event)
     monitoring.register_event_duration_secs_listener(_on_duration)
     if not hasattr(config, "workerinput"):  # the controller: a fresh directory for this session's files
-        os.makedirs(_directory(), exist_ok=True)
-        for old in glob.glob(os.path.join(_directory(), "suite_profile.*.json")):
-            os.remove(old)
+        os.makedirs(_directory(), exist_ok=True)  # local
+        for old in glob.glob(os.path.join(_directory(), "suite_profile.*.json")):  # local
+            os.remove(old)  # local
 
 
 def pytest_runtest_protocol(item, nextitem):
@@ -74,7 +74,7 @@ def pytest_runtest_logfinish(nodeid, location):
 
 def pytest_sessionfinish(session):
     if _per_test:
-        with open(os.path.join(_directory(), f"suite_profile.{os.getpid()}.json"), "w") as f:
+        with open(os.path.join(_directory(), f"suite_profile.{os.getpid()}.json"), "w") as f:  # local
             json.dump({k: dict(v) for k, v in _per_test.items()}, f)
 
 
@@ -85,8 +85,8 @@ def pytest_terminal_summary(terminalreporter):
 def table(directory: str, top: int = 25) -> str:
     """The slowest `top` tests and the totals over every process's file in `directory`."""
     tests: dict[str, dict] = {}
-    for path in glob.glob(os.path.join(directory, "suite_profile.*.json")):
-        with open(path) as f:
+    for path in glob.glob(os.path.join(directory, "suite_profile.*.json")):  # local
+        with open(path) as f:  # local
             tests.update(json.load(f))
     if not tests:
         return f"suite_profile: no files in {directory}"
