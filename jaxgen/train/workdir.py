@@ -158,7 +158,7 @@ def _create_exclusive(path: str, text: str) -> bool:
             return False
         return True
     tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "w") as f:
+    with open(tmp, "w") as f:  # local: the remote branch returned above
         f.write(text)
     try:
         os.link(tmp, path)  # fails if `path` exists; readers see the whole file or none
@@ -177,7 +177,7 @@ def _read_holder(path: str) -> tuple[dict | None, object]:
             blob.reload()
             return json.loads(blob.download_as_text(if_generation_match=blob.generation)), blob.generation
         st = os.stat(path)
-        with open(path) as f:
+        with open(path) as f:  # local: the remote branch returned above
             return json.loads(f.read()), (st.st_ino, st.st_mtime_ns)
     except FileNotFoundError:
         return None, None
