@@ -1,6 +1,6 @@
 """Where the CIFAR-10 UNet's TPU train step spends its time: its parts compiled for one v5e chip (no TPU needed).
 
-    python -m experiments.aot_breakdown [--batch 16] [--dtypes float32,bfloat16] [--parts fwd,grad,opt,full]
+    python -m experiments.aot_breakdown [--batch 16] [--dtypes float32,bfloat16] [--parts fwd,grad,opt,full,dp8,dp8_su]
     python -m experiments.aot_breakdown --table      # the recorded rows, compiling nothing
 
 configs/ddpm_cifar10.py trains with a global batch of 128 on v5e-8: 16 images per chip. Each part is the program a
@@ -10,6 +10,10 @@ chip runs for its share, compiled through libtpu for one chip of an abstract v5e
     grad   loss and gradients (forward + backward)
     opt    the optimizer update and the EMA, given the gradients (the config's AdamW, clipping, EMA)
     full   the train step as a run jits it (grad + opt + the logged norms), without the data-parallel all-reduce
+    dp8    the train step as a run on v5e-8 jits it (jaxgen.aot: 8 chips, data parallel, global batch 8 x --batch),
+           collectives included; per chip
+    dp8_su the same with weight-update sharding (config.mesh.shard_update: optimizer state, EMA and gradients split
+           over the 8 chips, the updated parameters all-gathered)
 
 For each: XLA's FLOPs and bytes accessed (`cost_analysis`), the roofline bounds FLOPs / peak and bytes / HBM
 bandwidth with v5e's published figures (197 TFLOP/s bf16, 819 GB/s), and the TPU compiler's own cost model: the sum
@@ -122,6 +126,18 @@ def parts_of(config, devices):
             "full": (task.train_step, (state, {"x": x}, key), (0,))}
 
 
+def pod_step(config, shard_update: bool):
+    """The lowered train step of `config` with 8x its batch on v5e-8, as jaxgen.aot compiles it for a run."""
+    from jaxgen import aot
+    from jaxgen import config as config_lib
+
+    config = config.copy_and_resolve_references()
+    config_lib.apply_overrides(config, [("train.batch_size", str(8 * config.train.batch_size)),
+                                        ("mesh.shard_update", str(shard_update))])
+    _, topology = aot.parse_slice("v5e-8")
+    return aot.lower_steps(config, aot.topology_devices(topology), ("train",))[-1][0][2]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=16, help="images per chip (the config's 128 over v5e-8: 16)")
@@ -152,9 +168,12 @@ def main() -> None:
                                             ("data.mock", "True")])
         parts = parts_of(config, devices)
         for part in args.parts.split(","):
-            fn, fn_args, donate = parts[part]
             start = time.perf_counter()
-            compiled = jax.jit(fn, donate_argnums=donate).lower(*fn_args).compile()
+            if part in ("dp8", "dp8_su"):
+                compiled = pod_step(config, part == "dp8_su").compile()
+            else:
+                fn, fn_args, donate = parts[part]
+                compiled = jax.jit(fn, donate_argnums=donate).lower(*fn_args).compile()
             seconds = time.perf_counter() - start
             cost = compiled.cost_analysis()
             cost = cost[0] if isinstance(cost, (list, tuple)) else cost

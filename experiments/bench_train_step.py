@@ -69,7 +69,7 @@ def bench_step(config_spec: str, batch_size: int, num_devices: int, iters: int) 
     mesh = mesh_lib.make_mesh(config.mesh, devices=jax.devices()[:num_devices])
     init_key, train_key = jax.random.split(jax.random.key(0))
     abstract = jax.eval_shape(task.init, init_key)
-    state_sharding = mesh_lib.state_shardings(mesh, abstract, config.mesh.fsdp_min_size)
+    state_sharding = mesh_lib.state_shardings(mesh, abstract, config.mesh.fsdp_min_size, config.mesh.shard_update)
     batch_sharding = mesh_lib.batch_sharding(mesh)
     batch = {"x": jax.device_put(jnp.zeros((batch_size,) + tuple(shape), jnp.float32), batch_sharding),
              "label": jax.device_put(jnp.zeros((batch_size,), jnp.int32), batch_sharding)}

@@ -211,7 +211,7 @@ def lower_steps(config, devices, steps=("train", "eval")):
     mesh = run_mesh(config, devices)
     init_key, train_key, _ = jax.random.split(jax.random.key(config.seed), 3)  # as jaxgen.train.loop
     abstract = jax.eval_shape(task.init, init_key)
-    state_sharding = mesh_lib.state_shardings(mesh, abstract, config.mesh.fsdp_min_size)
+    state_sharding = mesh_lib.state_shardings(mesh, abstract, config.mesh.fsdp_min_size, config.mesh.shard_update)
     state_args = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                               abstract, state_sharding)
     replicated = mesh_lib.replicated(mesh)

@@ -172,6 +172,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(m.data == -1 or m.data >= 1, f"config.mesh.data must be >= 1 or -1 (all remaining devices), got {m.data!r}")
     _require(m.fsdp == -1 or m.fsdp >= 1, f"config.mesh.fsdp must be >= 1 or -1, got {m.fsdp!r}")
     _require(not (m.data == -1 and m.fsdp == -1), "config.mesh.data and config.mesh.fsdp cannot both be -1")
+    _require(isinstance(m.shard_update, bool), f"config.mesh.shard_update must be true or false, got {m.shard_update!r}")
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -226,8 +227,9 @@ def base_config() -> ml_collections.ConfigDict:
         param_groups=(),
     ))
     c.ema_decay = 0.0
-    # Parameters with at least fsdp_min_size elements are split along the fsdp axis.
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2**16))
+    # Parameters with at least fsdp_min_size elements are split along the fsdp axis. shard_update: the optimizer
+    # state, EMA and gradients of such leaves are split over all devices (jaxgen.train.mesh: weight-update sharding).
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2**16, shard_update=False))
     c.distributed = ml_collections.ConfigDict(dict(
         # 'auto': initialise jax.distributed when launched on a multi-host runtime (TPU VM pod, SLURM, ...).
         initialize="auto", coordinator_address="", num_processes=0, process_id=-1,

@@ -1,6 +1,7 @@
 """The training loop: one trace, bitwise resume after SIGTERM/SIGKILL, sharded == single device,
 restore onto another device count, non-finite stop (2 processes x 4 devices: tests/test_multihost.py)."""
 
+import math
 import os
 import signal
 import subprocess
@@ -169,6 +170,9 @@ def eight_devices(tmp_path_factory):
 def test_one_device_and_fsdp_match_eight_and_restore_across_device_counts(tmp_path, eight_devices):
     # 2 (data) x 4 (fsdp): every parameter with a dimension divisible by 4 is split over 4 devices.
     build_and_train(_load(TOY, **STEPS8, **{"mesh.fsdp": "4", "mesh.fsdp_min_size": "1"}), str(tmp_path / "fsdp"))
+    # 8 (data), weight-update sharded: replicated parameters, optimizer state and EMA split over the 8 devices.
+    build_and_train(_load(TOY, **STEPS8, **{"mesh.shard_update": "True", "mesh.fsdp_min_size": "1", "ema_decay": "0.9"}),
+                    str(tmp_path / "update"))
     build_and_train(_load(TOY, **dict(STEPS8, **{"train.num_steps": "4"})), str(tmp_path / "switch"))
     # One process of 1 device runs the CLI's main twice: 8 steps from scratch, then a resume that restores the
     # 8-device checkpoint of step 4 onto its 1 device.
@@ -180,9 +184,10 @@ def test_one_device_and_fsdp_match_eight_and_restore_across_device_counts(tmp_pa
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("process 0 of 1 (1 local / 1 global devices, cpu)") == 2, r.stdout[-3000:]
     assert "Resumed from" in r.stdout and "at step 4" in r.stdout, r.stdout[-3000:]
-    one, switch, fsdp = (_losses(tmp_path / d) for d in ("one", "switch", "fsdp"))
+    one, switch, fsdp, update = (_losses(tmp_path / d) for d in ("one", "switch", "fsdp", "update"))
     np.testing.assert_allclose([one[s] for s in range(1, 9)], eight_devices, rtol=1e-5)
     np.testing.assert_allclose([fsdp[s] for s in range(1, 9)], eight_devices, rtol=1e-5)
+    np.testing.assert_allclose([update[s] for s in range(1, 9)], eight_devices, rtol=1e-5)
     np.testing.assert_allclose([switch[s] for s in range(1, 9)], eight_devices, rtol=1e-5)
 
 
@@ -200,6 +205,33 @@ def test_fsdp_shards_large_parameters():
     assert tuple(sh["small"].spec) == () and tuple(sh["odd"].spec) == ()
     x = jax.device_put(jnp.ones((6, 512, 256)), sh["big"])
     assert x.addressable_shards[0].data.shape == (6, 128, 256)
+
+
+def test_weight_update_sharding_splits_optimizer_state_and_ema_and_the_step_gathers_parameters():
+    """config.mesh.shard_update on 8 data-parallel devices: parameters replicated, the optimizer state and the EMA
+    of large leaves split over all 8 devices (each holds and updates 1/8); the compiled step all-gathers the updated
+    parameters and, per device, reads less memory than the replicated update (XLA's cost analysis)."""
+    from jaxgen import aot, config as config_lib
+    from jaxgen.train.state import TrainState
+
+    costs = {}
+    for on in (False, True):
+        config = _load(TOY, **{"mesh.shard_update": str(on), "ema_decay": "0.9", "mesh.fsdp_min_size": "1000"})
+        config_lib.validate(config)
+        _, mesh, abstract, sh, lowered = aot.lower_steps(config, jax.devices(), ("train",))
+        assert isinstance(sh, TrainState) and mesh.shape == {"data": 8, "fsdp": 1}
+        assert all(s.is_fully_replicated for s in jax.tree.leaves(sh.params))
+        split = [(x.shape, s) for part in ("opt_state", "ema_params")
+                 for x, s in zip(jax.tree.leaves(getattr(abstract, part)), jax.tree.leaves(getattr(sh, part)))
+                 if x.size >= 1000]
+        assert len(split) >= 3, "the toy MLP's large kernels: EMA, Adam's two moments"
+        for shape, s in split:
+            assert math.prod(s.shard_shape(shape)) * (8 if on else 1) == math.prod(shape), (on, shape, s)
+        compiled = lowered[0][2].compile()
+        cost = compiled.cost_analysis()
+        costs[on] = (cost[0] if isinstance(cost, (list, tuple)) else cost)["bytes accessed"]
+        assert (" all-gather(" in compiled.as_text() or " all-gather-start(" in compiled.as_text()) == on
+    assert costs[True] < costs[False], costs
 
 
 def test_arrays_a_step_creates_are_split_over_the_batch_axes_by_shard_batch():

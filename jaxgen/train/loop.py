@@ -279,7 +279,7 @@ def _train_and_evaluate(config, workdir: str, task) -> dict[str, Any]:
     init_key, train_key, eval_key = jax.random.split(root, 3)
 
     abstract = jax.eval_shape(task.init, init_key)
-    state_sharding = mesh_lib.state_shardings(mesh, abstract, config.mesh.fsdp_min_size)
+    state_sharding = mesh_lib.state_shardings(mesh, abstract, config.mesh.fsdp_min_size, config.mesh.shard_update)
     batch_sharding = mesh_lib.batch_sharding(mesh)
     resume_step = workdir_lib.prepare_resume(config, workdir, primary=jax.process_index() == 0, abstract=abstract)
     # Only now: the default cache is in the workdir, which a refused run must leave as it was.

@@ -3,6 +3,13 @@
 Axes: 'data' (batch) and 'fsdp' (batch too, and large parameters split along one dimension).
 Batches are split over both axes; a parameter with at least `min_fsdp_size` elements is split
 along its largest dimension divisible by the fsdp size, everything else is replicated.
+
+Weight-update sharding (`config.mesh.shard_update`; Xu et al. 2020, "Automatic Cross-Replica Sharding of
+Weight Update in Data-Parallel Training"): the optimizer state, the EMA and the gradients of large leaves are
+split over all devices (data x fsdp) even where the parameters are replicated. XLA's sharding propagation
+carries the split back to the gradients: each device reduces only its slice of them, updates that slice's
+moments, EMA and parameters, and the new parameters are all-gathered. The optimizer state's HBM and the
+update's memory traffic shrink by the device count; the results are those of the replicated update.
 """
 
 from __future__ import annotations
@@ -51,22 +58,40 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def state_shardings(mesh: Mesh, abstract_state, min_fsdp_size: int = 2**16):
-    """A NamedSharding per leaf of `abstract_state` (ShapeDtypeStructs)."""
-    fsdp = mesh.shape["fsdp"]
+def split_spec(shape, axes, size: int, min_size: int) -> P:
+    """PartitionSpec splitting `shape`'s largest dimension divisible by `size` over `axes`; replicated (P()) when
+    the leaf has fewer than `min_size` elements, `size` is 1 or no dimension divides."""
+    if size == 1 or math.prod(shape) < min_size:
+        return P()
+    dims = [d for d in np.argsort(shape)[::-1] if shape[d] % size == 0]
+    if not dims:
+        return P()
+    spec = [None] * len(shape)
+    spec[dims[0]] = axes
+    return P(*spec)
 
-    def leaf_sharding(x):
-        shape = getattr(x, "shape", ())
-        if fsdp == 1 or math.prod(shape) < min_fsdp_size:
-            return replicated(mesh)
-        dims = [d for d in np.argsort(shape)[::-1] if shape[d] % fsdp == 0]
-        if not dims:
-            return replicated(mesh)
-        spec = [None] * len(shape)
-        spec[dims[0]] = "fsdp"
-        return NamedSharding(mesh, P(*spec))
 
-    return jax.tree.map(leaf_sharding, abstract_state)
+def update_spec(mesh, shape, min_size: int) -> P:
+    """The weight-update sharding of a leaf of `shape`: split over all the mesh's devices (data x fsdp)."""
+    return split_spec(shape, BATCH_AXES, mesh.shape["data"] * mesh.shape["fsdp"], min_size)
+
+
+def state_shardings(mesh: Mesh, abstract_state, min_fsdp_size: int = 2**16, shard_update: bool = False):
+    """A NamedSharding per leaf of `abstract_state` (ShapeDtypeStructs). With `shard_update` and a
+    TrainState, its optimizer state and EMA follow `update_spec` (the parameters keep the fsdp rule)."""
+    from jaxgen.train.state import TrainState
+
+    def param_rule(x):
+        return NamedSharding(mesh, split_spec(getattr(x, "shape", ()), "fsdp", mesh.shape["fsdp"], min_fsdp_size))
+
+    def update_rule(x):
+        return NamedSharding(mesh, update_spec(mesh, getattr(x, "shape", ()), min_fsdp_size))
+
+    shardings = jax.tree.map(param_rule, abstract_state)
+    if shard_update and isinstance(abstract_state, TrainState):
+        shardings = shardings.replace(opt_state=jax.tree.map(update_rule, abstract_state.opt_state),
+                                      ema_params=jax.tree.map(update_rule, abstract_state.ema_params))
+    return shardings
 
 
 def global_batch(local_batch, sharding: NamedSharding):
