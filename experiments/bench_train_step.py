@@ -74,7 +74,7 @@ def bench_step(config_spec: str, batch_size: int, num_devices: int, iters: int) 
     batch = {"x": jax.device_put(jnp.zeros((batch_size,) + tuple(shape), jnp.float32), batch_sharding),
              "label": jax.device_put(jnp.zeros((batch_size,), jnp.int32), batch_sharding)}
     state = jax.jit(task.init, out_shardings=state_sharding)(init_key)
-    step = sharded_train_step(task, state_sharding, batch_sharding, train_key)
+    step = sharded_train_step(task, state_sharding, batch_sharding, train_key, config)
     step_no = jnp.zeros((), jnp.int32)
     t = time.perf_counter()
     compiled = step.lower(state, batch, step_no).compile()

@@ -225,7 +225,7 @@ def lower_steps(config, devices, steps=("train", "eval")):
                 batch["label"] = jax.ShapeDtypeStruct((B,), jnp.int32)
             batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                                 sharding=mesh_lib.batch_sharding(mesh)), batch)
-            fn = sharded_train_step(task, state_sharding, mesh_lib.batch_sharding(mesh), train_key)
+            fn = sharded_train_step(task, state_sharding, mesh_lib.batch_sharding(mesh), train_key, config)
             args = (state_args, batch, jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated))
             what = f"train step, global batch {B}"
         elif step == "inception":

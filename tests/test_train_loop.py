@@ -207,16 +207,18 @@ def test_fsdp_shards_large_parameters():
     assert x.addressable_shards[0].data.shape == (6, 128, 256)
 
 
-def test_weight_update_sharding_splits_optimizer_state_and_ema_and_the_step_gathers_parameters():
+@pytest.mark.parametrize("spec", [TOY, "configs/sid_toy2d.py:smoke"])
+def test_weight_update_sharding_splits_optimizer_state_and_ema_and_the_step_gathers_parameters(spec):
     """config.mesh.shard_update on 8 data-parallel devices: parameters replicated, the optimizer state and the EMA
     of large leaves split over all 8 devices (each holds and updates 1/8); the compiled step all-gathers the updated
-    parameters and, per device, reads less memory than the replicated update (XLA's cost analysis)."""
+    parameters and, per device, reads less memory than the replicated update (XLA's cost analysis). SiD: its two
+    networks' optimizers in one step."""
     from jaxgen import aot, config as config_lib
     from jaxgen.train.state import TrainState
 
     costs = {}
     for on in (False, True):
-        config = _load(TOY, **{"mesh.shard_update": str(on), "ema_decay": "0.9", "mesh.fsdp_min_size": "1000"})
+        config = _load(spec, **{"mesh.shard_update": str(on), "ema_decay": "0.9", "mesh.fsdp_min_size": "1000"})
         config_lib.validate(config)
         _, mesh, abstract, sh, lowered = aot.lower_steps(config, jax.devices(), ("train",))
         assert isinstance(sh, TrainState) and mesh.shape == {"data": 8, "fsdp": 1}
@@ -224,7 +226,7 @@ def test_weight_update_sharding_splits_optimizer_state_and_ema_and_the_step_gath
         split = [(x.shape, s) for part in ("opt_state", "ema_params")
                  for x, s in zip(jax.tree.leaves(getattr(abstract, part)), jax.tree.leaves(getattr(sh, part)))
                  if x.size >= 1000]
-        assert len(split) >= 3, "the toy MLP's large kernels: EMA, Adam's two moments"
+        assert len(split) >= 3, "the MLPs' large kernels: EMA, Adam's two moments"
         for shape, s in split:
             assert math.prod(s.shard_shape(shape)) * (8 if on else 1) == math.prod(shape), (on, shape, s)
         compiled = lowered[0][2].compile()

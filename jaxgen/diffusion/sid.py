@@ -33,7 +33,7 @@ import optax
 
 from jaxgen import _checks
 from jaxgen.diffusion.processes import broadcast_to_batch
-from jaxgen.train.mesh import shard_batch
+from jaxgen.train.mesh import shard_batch, shard_like_update
 
 Array = Any
 
@@ -133,6 +133,7 @@ def _all_finite(loss, grads):
 
 def _update_if_finite(tx, loss, grads, opt_state, params):
     """One optimizer update, or the unchanged (params, opt_state) when the loss or a gradient is not finite."""
+    grads = shard_like_update(grads)
     ok = _all_finite(loss, grads)
     updates, new_opt = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)

@@ -241,8 +241,9 @@ def init_state(task, key, state_sharding=None):
     return lowered.compile(options)(key)
 
 
-def sharded_train_step(task, state_sharding, batch_sharding, train_key):
-    """jit(step(state, batch, step_number)) with the state donated; the key of step s is fold_in(train_key, s)."""
+def sharded_train_step(task, state_sharding, batch_sharding, train_key, config=None):
+    """jit(step(state, batch, step_number)) with the state donated; the key of step s is fold_in(train_key, s).
+    `config`: for its `mesh.shard_update` (weight-update sharding; off without a config)."""
 
     mesh = getattr(batch_sharding, "mesh", None)  # a NamedSharding's mesh; none for a SingleDeviceSharding
 
@@ -250,7 +251,8 @@ def sharded_train_step(task, state_sharding, batch_sharding, train_key):
         key = jax.random.fold_in(train_key, step)
         if mesh is None:
             return task.train_step(state, batch, key)
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # for mesh.shard_batch
+        # the abstract mesh: for mesh_lib.shard_batch and shard_like_update
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), mesh_lib.update_sharding(config):
             return task.train_step(state, batch, key)
 
     return jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding, None),
@@ -310,7 +312,7 @@ def _train_and_evaluate(config, workdir: str, task) -> dict[str, Any]:
             state = state.replace(params=put(), ema_params=None if state.ema_params is None else put())
     _write_config(config, workdir)  # once the checkpoint has restored under this config
 
-    train_step = sharded_train_step(task, state_sharding, batch_sharding, train_key)
+    train_step = sharded_train_step(task, state_sharding, batch_sharding, train_key, config)
 
     cfg = config.train
     num_steps = cfg.num_steps

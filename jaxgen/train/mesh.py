@@ -6,14 +6,18 @@ along its largest dimension divisible by the fsdp size, everything else is repli
 
 Weight-update sharding (`config.mesh.shard_update`; Xu et al. 2020, "Automatic Cross-Replica Sharding of
 Weight Update in Data-Parallel Training"): the optimizer state, the EMA and the gradients of large leaves are
-split over all devices (data x fsdp) even where the parameters are replicated. XLA's sharding propagation
-carries the split back to the gradients: each device reduces only its slice of them, updates that slice's
-moments, EMA and parameters, and the new parameters are all-gathered. The optimizer state's HBM and the
-update's memory traffic shrink by the device count; the results are those of the replicated update.
+split over all devices (data x fsdp) even where the parameters are replicated. The gradients are reduced as
+in plain data parallelism (an all-reduce; left to propagation, XLA:TPU would re-partition the weight-gradient
+convolutions with layout copies, measured slower), then each device takes its slice (`shard_like_update`):
+it clips, updates the moments, EMA and parameters and computes the logged norms on its slice only, and the new
+parameters are all-gathered. The optimizer state's HBM and the update's memory traffic shrink by the device
+count; the results are those of the replicated update.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import jax
@@ -92,6 +96,37 @@ def state_shardings(mesh: Mesh, abstract_state, min_fsdp_size: int = 2**16, shar
         shardings = shardings.replace(opt_state=jax.tree.map(update_rule, abstract_state.opt_state),
                                       ema_params=jax.tree.map(update_rule, abstract_state.ema_params))
     return shardings
+
+
+_UPDATE_MIN_SIZE = contextvars.ContextVar("jaxgen_update_min_size", default=None)
+
+
+@contextlib.contextmanager
+def update_sharding(config):
+    """While a train step is traced in this context, `shard_like_update` slices the update's inputs as
+    `config.mesh.shard_update` asks (nothing when it is off or `config` is None)."""
+    on = config is not None and config.mesh.get("shard_update", False)
+    token = _UPDATE_MIN_SIZE.set(config.mesh.fsdp_min_size if on else None)
+    try:
+        yield
+    finally:
+        _UPDATE_MIN_SIZE.reset(token)
+
+
+def shard_like_update(tree):
+    """`tree` (gradients, new parameters) fully reduced, then split like the optimizer state (`update_spec`), when
+    traced under a mesh inside `update_sharding` with shard_update on; `tree` unchanged otherwise. What is computed
+    from the result (clipping, the optimizer, the EMA, norms) then runs on each device's slice."""
+    min_size = _UPDATE_MIN_SIZE.get()
+    mesh = jax.sharding.get_abstract_mesh()
+    if min_size is None or mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+        return tree
+
+    def one(x):
+        x = jax.lax.with_sharding_constraint(x, P())
+        return jax.lax.with_sharding_constraint(x, update_spec(mesh, x.shape, min_size))
+
+    return jax.tree.map(one, tree)
 
 
 def global_batch(local_batch, sharding: NamedSharding):

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxgen.train import mesh as mesh_lib
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -91,6 +93,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
             key, post_key = jax.random.split(key)
         (loss, (metrics, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.extra, batch, key)
+        grads = mesh_lib.shard_like_update(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         if post_update is not None:
@@ -99,7 +102,8 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
         if ema_decay and accum > 1:
             ema = jax.tree.map(lambda new, old: jnp.where(tx.has_updated(opt_state), new, old), ema, state.ema_params)
         metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
-                       param_norm=optax.global_norm(params), learning_rate=schedule(state.step // accum))
+                       param_norm=optax.global_norm(mesh_lib.shard_like_update(params)),
+                       learning_rate=schedule(state.step // accum))
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
                           extra=extra), metrics
 
