@@ -3,8 +3,8 @@
     python -m experiments.bench_train_step [--quick] [--out DIR]
 
 MFU = achieved FLOP/s / peak FLOP/s, with the step's FLOPs from XLA's cost analysis of the compiled
-step (per device, times the device count) and the peak measured in the same run as the best float32 matmul rate (jnp.dot of two n x n
-matrices). Rows for the quickstart UNet (8x8 digits) and the CIFAR-10 UNet (35.7M parameters) at
+step (per device, times the device count) and the peak measured in the same run, right after each row, as the best
+float32 matmul rate (jnp.dot of two n x n matrices, n = 2048 and 4096): a shared VM's speed drifts within a run. Rows for the quickstart UNet (8x8 digits) and the CIFAR-10 UNet (35.7M parameters) at
 several batch sizes, on 1 device and on 8 emulated devices (data parallel over the same cores).
 
 Then a profile of the CIFAR-10 step (batch 32, 1 device; --quick: batch 8) from a `jax.profiler` trace of 3 steps:
@@ -41,17 +41,18 @@ from experiments._report import prepare_out, write_json
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def matmul_peak_flops(n: int = 2048, repeats: int = 20) -> float:
-    """Best float32 matmul FLOP/s (2 n^3 per product) on the default device."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    f = jax.jit(lambda x, y: x @ y)
-    f(a, a).block_until_ready()
-    best = np.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
+def matmul_peak_flops(sizes=(2048, 4096), repeats: int = 10) -> float:
+    """Best float32 matmul FLOP/s (2 n^3 per product, n in `sizes`) on the default device."""
+    best = 0.0
+    for n in sizes:
+        a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+        f = jax.jit(lambda x, y: x @ y)
         f(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+        for _ in range(repeats):
+            t = time.perf_counter()
+            f(a, a).block_until_ready()
+            best = max(best, 2 * n**3 / (time.perf_counter() - t))
+    return best
 
 
 def bench_step(config_spec: str, batch_size: int, num_devices: int, iters: int) -> dict:
@@ -197,11 +198,13 @@ def main(argv=None):
         for bs in batches:
             for nd in (1, 8):
                 r, _ = bench_step(spec, bs, nd, iters=3 if args.quick else 5)
+                peak = matmul_peak_flops()  # again for each row, right after it: the machine's speed drifts
                 row = dict(method="ddpm_train_step", model=name, batch_size=bs, devices=nd, **r,
                            peak_gflops=peak / 1e9, mfu=r["achieved_gflops"] * 1e9 / peak)
                 rows.append(row)
                 print(f"  {name} batch={bs} devices={nd}: {r['time_ms']:.1f} ms/step, mfu={row['mfu']:.3f}", flush=True)
-    cols = ["model", "batch_size", "devices", "compile_s", "time_ms", "gflop_per_step", "achieved_gflops", "mfu"]
+    cols = ["model", "batch_size", "devices", "compile_s", "time_ms", "gflop_per_step", "achieved_gflops", "peak_gflops",
+            "mfu"]
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")

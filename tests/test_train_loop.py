@@ -170,9 +170,9 @@ def eight_devices(tmp_path_factory):
 def test_one_device_and_fsdp_match_eight_and_restore_across_device_counts(tmp_path, eight_devices):
     # 2 (data) x 4 (fsdp): every parameter with a dimension divisible by 4 is split over 4 devices.
     build_and_train(_load(TOY, **STEPS8, **{"mesh.fsdp": "4", "mesh.fsdp_min_size": "1"}), str(tmp_path / "fsdp"))
-    # 8 (data), weight-update sharded: replicated parameters, optimizer state and EMA split over the 8 devices.
-    build_and_train(_load(TOY, **STEPS8, **{"mesh.shard_update": "True", "mesh.fsdp_min_size": "1", "ema_decay": "0.9"}),
-                    str(tmp_path / "update"))
+    # 4 (data) x 2 (fsdp), weight-update sharded: optimizer state and EMA split over all 8 devices.
+    build_and_train(_load(TOY, **STEPS8, **{"mesh.shard_update": "True", "mesh.fsdp": "2", "mesh.fsdp_min_size": "1",
+                                            "ema_decay": "0.9"}), str(tmp_path / "update"))
     build_and_train(_load(TOY, **dict(STEPS8, **{"train.num_steps": "4"})), str(tmp_path / "switch"))
     # One process of 1 device runs the CLI's main twice: 8 steps from scratch, then a resume that restores the
     # 8-device checkpoint of step 4 onto its 1 device.

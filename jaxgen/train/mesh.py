@@ -114,16 +114,17 @@ def update_sharding(config):
 
 
 def shard_like_update(tree):
-    """`tree` (gradients, new parameters) fully reduced, then split like the optimizer state (`update_spec`), when
-    traced under a mesh inside `update_sharding` with shard_update on; `tree` unchanged otherwise. What is computed
-    from the result (clipping, the optimizer, the EMA, norms) then runs on each device's slice."""
+    """`tree` (gradients, new parameters) reduced into the parameters' layout, then split like the optimizer state
+    (`update_spec`), when traced under a mesh inside `update_sharding` with shard_update on; `tree` unchanged
+    otherwise. What is computed from the result (clipping, the optimizer, the EMA, norms) then runs on each
+    device's slice."""
     min_size = _UPDATE_MIN_SIZE.get()
     mesh = jax.sharding.get_abstract_mesh()
     if min_size is None or mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
         return tree
 
-    def one(x):
-        x = jax.lax.with_sharding_constraint(x, P())
+    def one(x):  # the parameters' layout: replicated, or split along fsdp
+        x = jax.lax.with_sharding_constraint(x, split_spec(x.shape, "fsdp", mesh.shape["fsdp"], min_size))
         return jax.lax.with_sharding_constraint(x, update_spec(mesh, x.shape, min_size))
 
     return jax.tree.map(one, tree)
