@@ -43,6 +43,9 @@ Scoring them (eval.metric='inception'): the FID Inception-v3 on 256 images per c
 and 32.4 GiB accessed per batch, at most 23.6 batches/s (memory bound): about 1 s for the 50,000 samples.
 The sampling variants' steps at 256 samples per chip: 2.12 GiB (:ddim, :analytic, :analytic_ddim) to 2.56 GiB (:amed),
 at most 30 (one network evaluation per loop step) to 7.7 (:dpm2) loop steps/s; experiments/results/aot_tpu.json.
+--config.mesh.shard_update=True splits the optimizer state and EMA over the 8 chips (weight-update sharding): the
+TPU compiler's estimate of the train step goes 10.91 -> 9.98 ms per chip, not counting the parameters' all-gather
+over the interconnect it adds (experiments/aot_breakdown.py; README).
 """
 
 import ml_collections
