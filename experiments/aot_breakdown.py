@@ -12,8 +12,8 @@ chip runs for its share, compiled through libtpu for one chip of an abstract v5e
     full   the train step as a run jits it (grad + opt + the logged norms), without the data-parallel all-reduce
     dp8    the train step as a run on v5e-8 jits it (jaxgen.aot: 8 chips, data parallel, global batch 8 x --batch),
            collectives included; per chip
-    dp8_su the same with weight-update sharding (config.mesh.shard_update: optimizer state, EMA and gradients split
-           over the 8 chips, the updated parameters all-gathered)
+    dp8_su the same with weight-update sharding (config.mesh.shard_update: optimizer state and EMA split over the
+           8 chips, each updating its slice of the all-reduced gradients; the new parameters all-gathered)
 
 For each: XLA's FLOPs and bytes accessed (`cost_analysis`), the roofline bounds FLOPs / peak and bytes / HBM
 bandwidth with v5e's published figures (197 TFLOP/s bf16, 819 GB/s), and the TPU compiler's own cost model: the sum

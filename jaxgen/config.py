@@ -228,7 +228,7 @@ def base_config() -> ml_collections.ConfigDict:
     ))
     c.ema_decay = 0.0
     # Parameters with at least fsdp_min_size elements are split along the fsdp axis. shard_update: the optimizer
-    # state, EMA and gradients of such leaves are split over all devices (jaxgen.train.mesh: weight-update sharding).
+    # state and EMA of such leaves are split over all devices, each updating its slice (jaxgen.train.mesh).
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2**16, shard_update=False))
     c.distributed = ml_collections.ConfigDict(dict(
         # 'auto': initialise jax.distributed when launched on a multi-host runtime (TPU VM pod, SLURM, ...).

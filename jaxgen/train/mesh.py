@@ -5,8 +5,8 @@ Batches are split over both axes; a parameter with at least `min_fsdp_size` elem
 along its largest dimension divisible by the fsdp size, everything else is replicated.
 
 Weight-update sharding (`config.mesh.shard_update`; Xu et al. 2020, "Automatic Cross-Replica Sharding of
-Weight Update in Data-Parallel Training"): the optimizer state, the EMA and the gradients of large leaves are
-split over all devices (data x fsdp) even where the parameters are replicated. The gradients are reduced as
+Weight Update in Data-Parallel Training"): the optimizer state and the EMA of large leaves are split over all
+devices (data x fsdp) even where the parameters are replicated. The gradients are reduced as
 in plain data parallelism (an all-reduce; left to propagation, XLA:TPU would re-partition the weight-gradient
 convolutions with layout copies, measured slower), then each device takes its slice (`shard_like_update`):
 it clips, updates the moments, EMA and parameters and computes the logged norms on its slice only, and the new
