@@ -159,6 +159,29 @@ def test_resume_on_both_hosts_is_bitwise(runs):
     assert [resumed[s] for s in resumed] == [ref[s] for s in resumed]
 
 
+def test_weight_update_sharding_across_hosts_saves_and_restores(runs, tmp_path, capsys):
+    """The SIGTERM'd run resumed on both hosts with config.mesh.shard_update (a mesh key may change on resume): the
+    replicated checkpoint restores into optimizer state and EMA split over both processes' devices, the run ends
+    with a checkpoint each process writes its half of, and one process of 8 devices restores that checkpoint."""
+    work = tmp_path / "split"
+    shutil.copytree(runs["base"] / "cut0", work)
+    cut_at = _checkpoints(work)[-1]
+    split = ("--config.mesh.shard_update=True", "--config.mesh.fsdp_min_size=1")
+    port = _free_port()
+    procs = [_start(work, 4, f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                    "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}",
+                    *split) for i in range(2)]
+    for p, (_, err) in zip(procs, _finish(procs)):
+        assert p.returncode == 0, err[-3000:]
+    ref, resumed = _losses(runs["base"] / "ref"), _losses(work)
+    np.testing.assert_allclose([resumed[s] for s in range(cut_at + 1, STEPS + 1)],
+                               [ref[s] for s in range(cut_at + 1, STEPS + 1)], rtol=1e-5)
+    assert _checkpoints(work)[-1] == STEPS
+    rc, out, err = _main_in_process(work, capsys=capsys)  # evaluates step STEPS, trains none
+    assert rc == 0, err[-3000:]
+    assert f"eval at step {STEPS}" in out
+
+
 def _main_in_process(workdir, *extra, capsys):
     """`jaxgen.run.main` in this test process (1 process of the tests' 8 devices): (exit status, stdout, stderr).
     No `train.compile_cache_dir` (an allowed resume change): the session's cache stays this process's."""
