@@ -37,32 +37,50 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# Two runs one after the other in each process of a pair (the CLI's main twice, jax.distributed started once):
+# Two runs one after the other in each process of a pair (the CLI's main twice, jax.distributed started once), e.g.
 # the uninterrupted reference, then the run that gets the SIGTERM. SEP, on stdout (with the first run's exit
-# status) and stderr, separates them.
+# status) and stderr, separates them. Arguments after THEN_ALSO are the second run's only.
 SEP = "=== next run ==="
+THEN_ALSO = "--then-also"
 MAIN_TWICE = [sys.executable, "-c", "import sys; sys.modules['torch'] = None; from jaxgen import run\n"
               "first, second, args = sys.argv[1], sys.argv[2], sys.argv[3:]\n"
-              "rc = run.main(['--workdir', first, *args])\n"
+              f"n = args.index({THEN_ALSO!r}) if {THEN_ALSO!r} in args else len(args)\n"
+              "rc = run.main(['--workdir', first, *args[:n]])\n"
               f"print({SEP!r}, 'exit', rc, flush=True); print({SEP!r}, file=sys.stderr, flush=True)\n"
-              "sys.exit(rc or run.main(['--workdir', second, *args]))"]
+              "sys.exit(rc or run.main(['--workdir', second, *args[:n], *args[n + 1:]]))"]
 
 
-def _start(workdir, devices, *extra, then=None):
-    """The CLI on `workdir`; with `then`, the CLI's main on `workdir` and then on `then` in one process."""
+def _start(workdir, devices, *extra, then=None, then_also=()):
+    """The CLI on `workdir`; with `then`, the CLI's main on `workdir` and then on `then` (with `then_also` added to
+    its arguments) in one process."""
     env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS="cpu")
     # One persistent compilation cache for every run of the module: restarts load their executables.
     cache = os.path.join(os.path.dirname(os.path.dirname(str(workdir).rstrip("/"))), "multihost_compile_cache")
     head = [*CLI, "--workdir", str(workdir)] if then is None else [*MAIN_TWICE, str(workdir), str(then)]
     cmd = [*head, *ARGS, f"--config.train.compile_cache_dir={cache}", *extra]
+    if then_also:
+        cmd += [THEN_ALSO, *then_also]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _start_pair(workdir, then=None):
+def _start_pair(workdir, then=None, then_also=()):
     port = _free_port()
     return [_start(workdir, 4, f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                   "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}", then=then)
+                   "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}", then=then,
+                   then_also=then_also)
             for i in range(2)]
+
+
+def _split_runs(procs):
+    """[(first run's (stdout, stderr), second run's (stdout, stderr)) per process] of a MAIN_TWICE pair, asserting the
+    first run exited 0."""
+    out = []
+    for p, (o, e) in zip(procs, _finish(procs)):
+        assert o.count(SEP) == 1 and e.count(SEP) == 1, f"the first run failed (exit {p.returncode}): {e[-3000:]}"
+        (o1, o2), (e1, e2) = o.split(SEP), e.split(SEP)
+        assert o2.startswith(" exit 0\n"), e1[-3000:]  # the first run's exit status
+        out.append(((o1, e1), (o2, e2)))
+    return out
 
 
 def _finish(procs, timeout=240):
@@ -103,15 +121,26 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("multihost")
     procs = _start_pair(base / "ref", then=base / "cut")
     _signal_after_rows(procs, procs[1], base / "cut", signal.SIGTERM)
-    ref_out, cut_out = [], []
-    for p, (out, err) in zip(procs, _finish(procs)):
-        assert out.count(SEP) == 1 and err.count(SEP) == 1, f"the reference run failed (exit {p.returncode}): {err[-3000:]}"
-        (ref_o, cut_o), (ref_e, cut_e) = out.split(SEP), err.split(SEP)
-        assert cut_o.startswith(" exit 0\n"), ref_e[-3000:]  # the reference run's exit status
-        ref_out.append((ref_o, ref_e))
-        cut_out.append((cut_o, cut_e))
+    ref_out, cut_out = zip(*_split_runs(procs))
     shutil.copytree(base / "cut", base / "cut0")
     return dict(base=base, ref_out=ref_out, cut=procs, cut_out=cut_out)
+
+
+# Weight-update sharding (a mesh key, allowed to change on resume): optimizer state and EMA split over all 8 devices.
+SPLIT = ("--config.mesh.shard_update=True", "--config.mesh.fsdp_min_size=1")
+
+
+@pytest.fixture(scope="module")
+def resumed(runs):
+    """One pair resumes the SIGTERM'd run on both hosts twice, one after the other: as it was ('cut'), then a copy
+    of it with SPLIT ('split')."""
+    base = runs["base"]
+    shutil.copytree(base / "cut0", base / "split")
+    procs = _start_pair(base / "cut", then=base / "split", then_also=SPLIT)
+    outs = _split_runs(procs)
+    for p, (_, (_, err)) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    return dict(base=base)
 
 
 def test_only_process_zero_prints_progress_and_each_says_which_it_is(runs):
@@ -149,32 +178,20 @@ def test_sigterm_to_one_host_stops_every_host_at_the_same_step(runs):
     assert max(_losses(runs["base"] / "cut0")) == steps[0]
 
 
-def test_resume_on_both_hosts_is_bitwise(runs):
-    work = runs["base"] / "cut"
-    procs = _start_pair(work)
-    for p, (_, err) in zip(procs, _finish(procs)):
-        assert p.returncode == 0, err[-3000:]
-    ref, resumed = _losses(runs["base"] / "ref"), _losses(work)
-    assert sorted(resumed) == list(range(1, STEPS + 1))
-    assert [resumed[s] for s in resumed] == [ref[s] for s in resumed]
+def test_resume_on_both_hosts_is_bitwise(resumed):
+    ref, losses = _losses(resumed["base"] / "ref"), _losses(resumed["base"] / "cut")
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    assert [losses[s] for s in losses] == [ref[s] for s in losses]
 
 
-def test_weight_update_sharding_across_hosts_saves_and_restores(runs, tmp_path, capsys):
-    """The SIGTERM'd run resumed on both hosts with config.mesh.shard_update (a mesh key may change on resume): the
-    replicated checkpoint restores into optimizer state and EMA split over both processes' devices, the run ends
-    with a checkpoint each process writes its half of, and one process of 8 devices restores that checkpoint."""
-    work = tmp_path / "split"
-    shutil.copytree(runs["base"] / "cut0", work)
-    cut_at = _checkpoints(work)[-1]
-    split = ("--config.mesh.shard_update=True", "--config.mesh.fsdp_min_size=1")
-    port = _free_port()
-    procs = [_start(work, 4, f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                    "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}",
-                    *split) for i in range(2)]
-    for p, (_, err) in zip(procs, _finish(procs)):
-        assert p.returncode == 0, err[-3000:]
-    ref, resumed = _losses(runs["base"] / "ref"), _losses(work)
-    np.testing.assert_allclose([resumed[s] for s in range(cut_at + 1, STEPS + 1)],
+def test_weight_update_sharding_across_hosts_saves_and_restores(resumed, capsys):
+    """The SIGTERM'd run resumed on both hosts with SPLIT: the replicated checkpoint restores into optimizer state and
+    EMA split over both processes' devices, the losses are the reference's, the run ends with a checkpoint each
+    process writes its half of, and one process of 8 devices (replicated update) restores that checkpoint."""
+    work = resumed["base"] / "split"
+    cut_at = _checkpoints(resumed["base"] / "cut0")[-1]
+    ref, losses = _losses(resumed["base"] / "ref"), _losses(work)
+    np.testing.assert_allclose([losses[s] for s in range(cut_at + 1, STEPS + 1)],
                                [ref[s] for s in range(cut_at + 1, STEPS + 1)], rtol=1e-5)
     assert _checkpoints(work)[-1] == STEPS
     rc, out, err = _main_in_process(work, capsys=capsys)  # evaluates step STEPS, trains none
