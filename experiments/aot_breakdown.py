@@ -135,7 +135,8 @@ def pod_step(config, shard_update: bool):
     config_lib.apply_overrides(config, [("train.batch_size", str(8 * config.train.batch_size)),
                                         ("mesh.shard_update", str(shard_update))])
     _, topology = aot.parse_slice("v5e-8")
-    return aot.lower_steps(config, aot.topology_devices(topology), ("train",))[-1][0][2]
+    *_, [(_, _, lowered, _)] = aot.lower_steps(config, aot.topology_devices(topology), ("train",))
+    return lowered
 
 
 def main() -> None:

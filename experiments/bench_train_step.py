@@ -4,7 +4,8 @@
 
 MFU = achieved FLOP/s / peak FLOP/s, with the step's FLOPs from XLA's cost analysis of the compiled
 step (per device, times the device count) and the peak measured in the same run, right after each row, as the best
-float32 matmul rate (jnp.dot of two n x n matrices, n = 2048 and 4096): a shared VM's speed drifts within a run. Rows for the quickstart UNet (8x8 digits) and the CIFAR-10 UNet (35.7M parameters) at
+float32 matmul rate (jnp.dot of two n x n matrices, n = 2048 and 4096): a shared VM's speed drifts within a run.
+Rows for the quickstart UNet (8x8 digits) and the CIFAR-10 UNet (35.7M parameters) at
 several batch sizes, on 1 device and on 8 emulated devices (data parallel over the same cores).
 
 Then a profile of the CIFAR-10 step (batch 32, 1 device; --quick: batch 8) from a `jax.profiler` trace of 3 steps:

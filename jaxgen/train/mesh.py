@@ -105,7 +105,7 @@ _UPDATE_MIN_SIZE = contextvars.ContextVar("jaxgen_update_min_size", default=None
 def update_sharding(config):
     """While a train step is traced in this context, `shard_like_update` slices the update's inputs as
     `config.mesh.shard_update` asks (nothing when it is off or `config` is None)."""
-    on = config is not None and config.mesh.get("shard_update", False)
+    on = config is not None and config.mesh.shard_update
     token = _UPDATE_MIN_SIZE.set(config.mesh.fsdp_min_size if on else None)
     try:
         yield
