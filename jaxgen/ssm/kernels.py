@@ -173,6 +173,17 @@ def _pair_inv(a, e, gamma, sigma):
     return jnp.where(re, Dr, -Di) / (Dr * Dr + Di * Di)
 
 
+def _pair_inv_t(a, e, gamma, sigma):
+    """`_pair_inv` transposed: (..., 2M, N)."""
+    M = sigma.shape[-1]
+    gamma2, sigma2 = jnp.concatenate([gamma, gamma], -1), jnp.concatenate([sigma, sigma], -1)
+    re = (jnp.arange(2 * M) < M)[:, None]
+    g = a[..., None, :] * gamma2[..., :, None]
+    Dr = (g - sigma2[:, None]) * (g + sigma2[:, None])
+    Di = e[..., None, :] * (sigma2 * gamma2)[..., :, None]
+    return jnp.where(re, Dr, -Di) / (Dr * Dr + Di * Di)
+
+
 @jax.custom_vjp
 def _pair_sums(a, e, coef, gamma, sigma):
     """T (..., 2J, 2M) = coef @ U with U = `_pair_inv`(a, e, gamma, sigma): one real matmul per channel.
@@ -191,7 +202,10 @@ def _pair_sums_fwd(a, e, coef, gamma, sigma):
 def _pair_sums_bwd(res, G):
     a, e, coef, gamma, sigma = res
     M = sigma.shape[0]
-    dcoef = jnp.einsum("...cm,...nm->...cn", G, _pair_inv(a, e, gamma, sigma))
+    # G is read once per mode below: without the barrier XLA fuses its producers into those reads
+    G = jax.lax.optimization_barrier(G)
+    # U^T computed in the (2M, N) layout: the product is then a plain (2J, 2M) @ (2M, N)
+    dcoef = jnp.einsum("...cm,...mn->...cn", G, _pair_inv_t(a, e, gamma, sigma))
     # gu = coef^T G (..., N, 2M) is a sum of 2J rank-one terms: written out, XLA fuses it into the
     # elementwise pass below instead of running a matmul with inner size 2J
     gr = sum(coef[..., j, :, None] * G[..., j, None, :M] for j in range(coef.shape[-2]))
@@ -215,6 +229,70 @@ def _pair_sums_bwd(res, G):
 
 
 _pair_sums.defvjp(_pair_sums_fwd, _pair_sums_bwd)
+
+
+def _khat_rank1(a, e, coef, gamma, sigma, phase):
+    """One block of K^ for rank r = 1 (..., c): K^ = phase [k0 - gamma k1 k2 / (1 + gamma k3)],
+    k_j = i sigma A_j - gamma B_j, with [A | B] the rows of T = `_pair_sums`(a, e, coef, gamma, sigma).
+
+    Complex values are (real, imaginary) pairs throughout: XLA:CPU does not vectorise complex arithmetic."""
+    return _khat_rank1_fwd(a, e, coef, gamma, sigma, phase)[0]
+
+
+def _cmul(x, y):
+    return x[0] * y[0] - x[1] * y[1], x[0] * y[1] + x[1] * y[0]
+
+
+def _cmulc(x, y):  # x conj(y)
+    return x[0] * y[0] + x[1] * y[1], x[1] * y[0] - x[0] * y[1]
+
+
+def _rank1_terms(a, e, coef, gamma, sigma):
+    """B_j, k_j (j = 0..3), 1/D, q = gamma / D, k1 k2 and x = k0 - q k1 k2 (pairs of (..., c) arrays)."""
+    T = _pair_sums(a, e, coef, gamma, sigma)
+    c = sigma.shape[-1]
+    B = [(T[..., 4 + j, :c], T[..., 4 + j, c:]) for j in range(4)]
+    k = [(-sigma * T[..., j, c:] - gamma * B[j][0], sigma * T[..., j, :c] - gamma * B[j][1]) for j in range(4)]
+    Dr, Di = 1.0 + gamma * k[3][0], gamma * k[3][1]
+    s = 1.0 / (Dr * Dr + Di * Di)
+    inv_D = (Dr * s, -Di * s)
+    q = (gamma * inv_D[0], gamma * inv_D[1])
+    k12 = _cmul(k[1], k[2])
+    qk12 = _cmul(q, k12)
+    x = (k[0][0] - qk12[0], k[0][1] - qk12[1])
+    return B, k, inv_D, q, k12, x
+
+
+def _khat_rank1_fwd(a, e, coef, gamma, sigma, phase):
+    x = _rank1_terms(a, e, coef, gamma, sigma)[-1]
+    return jax.lax.complex(*_cmul(x, (phase.real, phase.imag))), (a, e, coef, gamma, sigma, phase)
+
+
+def _khat_rank1_bwd(res, ct):
+    """Written out: autodiff split the few-element Woodbury algebra into many passes, each recomputing
+    the others' terms. Cotangents of complex values here are g = dl/dRe + i dl/dIm (JAX passes conj(g));
+    for holomorphic w = f(z), g_z = g_w conj(f'(z)). T is recomputed: storing it for every block cost
+    more (a memset and a copy of 8 floats per channel and root)."""
+    a, e, coef, gamma, sigma, phase = res
+    B, k, inv_D, q, k12, x = _rank1_terms(a, e, coef, gamma, sigma)
+    g = (ct.real, -ct.imag)
+    gx = _cmulc(g, (phase.real, phase.imag))
+    # dx/dk0 = 1, dx/dk1 = -q k2, dx/dk2 = -q k1, dx/dk3 = q^2 k1 k2
+    k12_D2 = _cmul(inv_D, _cmul(inv_D, k12))
+    gk = [gx, _cmulc(gx, _cmul(q, k[2])), _cmulc(gx, _cmul(q, k[1])), _cmulc(gx, (gamma * gamma * k12_D2[0], gamma * gamma * k12_D2[1]))]
+    gk[1], gk[2] = (-gk[1][0], -gk[1][1]), (-gk[2][0], -gk[2][1])
+    # gamma enters x directly (dx/dgamma = -k1 k2 / D^2) and through every k_j = i sigma A_j - gamma B_j
+    dgamma = -_cmulc(gx, k12_D2)[0] - sum(_cmulc(gk[j], B[j])[0] for j in range(4))
+    # g_A = conj(i sigma) g_k, g_B = -gamma g_k; rows of G = [Re | Im] of g_A0..3, g_B0..3
+    rows = [(sigma * gr_i[1], -sigma * gr_i[0]) for gr_i in gk] + [(-gamma * gr_i[0], -gamma * gr_i[1]) for gr_i in gk]
+    G = jnp.stack([jnp.concatenate(row, -1) for row in rows], -2)
+    da, de, dcoef, dgamma_sums, dsigma = _pair_sums_bwd((a, e, coef, gamma, sigma), G)
+    gphase = _cmulc(g, x)
+    return da, de, dcoef, dgamma + dgamma_sums, dsigma, jax.lax.complex(gphase[0], -gphase[1])
+
+
+_khat_rank1 = jax.custom_vjp(_khat_rank1)
+_khat_rank1.defvjp(_khat_rank1_fwd, _khat_rank1_bwd)
 
 
 def dplr_auto_chunk(channels: int, modes: int, method: str = "paired") -> int:
@@ -299,20 +377,14 @@ def kernel_dplr(Lambda, P, B, C, step, L: int, *, Q=None, conj: bool = True, c_i
         phase = st[..., None] * jnp.exp(1j * half)  # d e^{i phi/2}
 
         def khat(gamma, sigma, phase):  # one block of roots -> K^ (..., c)
+            if r == 1:  # S4's LegS / LegT: custom VJP, the block's output T is kept for the backward pass
+                return _khat_rank1(a, e, coef, gamma, sigma, phase)
             T = _pair_sums(a, e, coef, gamma, sigma)  # (..., 2J, 2c): rows [A | B], columns [Re | Im]
             c = sigma.shape[0]
-            # k~ = i sigma A - gamma B, in real arithmetic on the (..., J, c) layout
-            kr = -sigma * T[..., :J, c:] - gamma[..., None, :] * T[..., J:, :c]
-            ki = sigma * T[..., :J, :c] - gamma[..., None, :] * T[..., J:, c:]
-            if r == 1:  # K^ = d e^{i phi/2} [k00 - gamma k01 k10 / (1 + gamma k11)], written out
-                nr = kr[..., 1, :] * kr[..., 2, :] - ki[..., 1, :] * ki[..., 2, :]
-                ni = kr[..., 1, :] * ki[..., 2, :] + ki[..., 1, :] * kr[..., 2, :]
-                dr, di = 1.0 + gamma * kr[..., 3, :], gamma * ki[..., 3, :]
-                inv = gamma / (dr * dr + di * di)
-                xr = kr[..., 0, :] - inv * (nr * dr + ni * di)
-                xi = ki[..., 0, :] - inv * (ni * dr - nr * di)
-                return jax.lax.complex(xr, xi) * phase
-            return _woodbury(jnp.swapaxes(jax.lax.complex(kr, ki), -1, -2), gamma, phase, r)
+            # k~ = i sigma A - gamma B
+            kt = (1j * sigma * jax.lax.complex(T[..., :J, :c], T[..., :J, c:])
+                  - gamma[..., None, :] * jax.lax.complex(T[..., J:, :c], T[..., J:, c:]))
+            return _woodbury(jnp.swapaxes(kt, -1, -2), gamma, phase, r)
 
         c = M if chunk is None else min(chunk, M)
         nb = -(-M // c)
@@ -321,8 +393,10 @@ def kernel_dplr(Lambda, P, B, C, step, L: int, *, Q=None, conj: bool = True, c_i
         else:  # pad by repeating the last root (a zero root would divide by 0 and put NaNs in the gradient)
             pad = lambda x: jnp.moveaxis(  # noqa: E731
                 jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, nb * c - M)], mode="edge").reshape(x.shape[:-1] + (nb, c)), -2, 0)
-            # small blocks stay in cache; checkpointed: the backward pass keeps only each block's inputs
-            Khat = jax.lax.map(jax.checkpoint(lambda x: khat(*x)), (pad(gamma), pad(sigma), pad(phase)))  # (nb, ..., c)
+            # small blocks stay in cache. Rank 1 keeps each block's sums T (..., 2J, 2c) for the backward
+            # pass (8 floats per channel and root); otherwise checkpointed: it keeps only each block's inputs
+            body = (lambda x: khat(*x)) if r == 1 else jax.checkpoint(lambda x: khat(*x))
+            Khat = jax.lax.map(body, (pad(gamma), pad(sigma), pad(phase)))  # (nb, ..., c)
             Khat = jnp.moveaxis(Khat, 0, -2).reshape(batch + (nb * c,))[..., :M]
         return jnp.fft.irfft(Khat, n=L, axis=-1)
 
