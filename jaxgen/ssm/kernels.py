@@ -206,13 +206,19 @@ def _pair_sums_bwd(res, G):
     G = jax.lax.optimization_barrier(G)
     # U^T computed in the (2M, N) layout: the product is then a plain (2J, 2M) @ (2M, N)
     dcoef = jnp.einsum("...cm,...mn->...cn", G, _pair_inv_t(a, e, gamma, sigma))
-    # gu = coef^T G (..., N, 2M) is a sum of 2J rank-one terms: written out, XLA fuses it into the
-    # elementwise pass below instead of running a matmul with inner size 2J
-    gr = sum(coef[..., j, :, None] * G[..., j, None, :M] for j in range(coef.shape[-2]))
-    gi = sum(coef[..., j, :, None] * G[..., j, None, M:] for j in range(coef.shape[-2]))
-    g = a[..., :, None] * gamma[..., None, :]
-    Dr = (g - sigma) * (g + sigma)
-    Di = e[..., :, None] * (sigma * gamma)[..., None, :]
+    # the elementwise pass on a (modes, roots) grid with the longer axis minor, where it vectorises
+    # (S4's N/2 = 128 pairs against a block of 16 roots: 1.3x faster than roots minor)
+    if a.shape[-1] > M:
+        on_n, on_m, sub = (lambda x: x[..., None, :]), (lambda x: x[..., :, None]), "mn"
+    else:
+        on_n, on_m, sub = (lambda x: x[..., :, None]), (lambda x: x[..., None, :]), "nm"
+    # gu = coef^T G is a sum of 2J rank-one terms: written out, XLA fuses it into the elementwise pass
+    # below instead of running a matmul with inner size 2J
+    gr = sum(on_n(coef[..., j, :]) * on_m(G[..., j, :M]) for j in range(coef.shape[-2]))
+    gi = sum(on_n(coef[..., j, :]) * on_m(G[..., j, M:]) for j in range(coef.shape[-2]))
+    g = on_n(a) * on_m(gamma)
+    Dr = (g - on_m(sigma)) * (g + on_m(sigma))
+    Di = on_n(e) * on_m(sigma * gamma)
     s = 1.0 / (Dr * Dr + Di * Di)
     # cotangent of den = -conj(u)^2 (gr + i gi), conj(u) = (Dr + i Di) s (u = 1/den is holomorphic);
     # formed from Dr s, Di s (~ 1/|den|), not s^2 (~ 1/|den|^4, which overflows first)
@@ -221,10 +227,10 @@ def _pair_sums_bwd(res, G):
     dDr = -(p * gr - q * gi)
     dDi = -(p * gi + q * gr)
     # Dr = (a gamma)^2 - sigma^2, Di = e sigma gamma; the reductions as matrix-vector products
-    da = 2.0 * a * jnp.einsum("...nm,...m->...n", dDr, gamma * gamma)
-    de = jnp.einsum("...nm,...m->...n", dDi, sigma * gamma)
-    dgamma = (gamma * jnp.einsum("...nm,...n->...m", dDr, 2.0 * a * a)
-              + sigma * jnp.einsum("...nm,...n->...m", dDi, e))
+    to_n, to_m = f"...{sub},...m->...n", f"...{sub},...n->...m"
+    da = 2.0 * a * jnp.einsum(to_n, dDr, gamma * gamma)
+    de = jnp.einsum(to_n, dDi, sigma * gamma)
+    dgamma = gamma * jnp.einsum(to_m, dDr, 2.0 * a * a) + sigma * jnp.einsum(to_m, dDi, e)
     return da, de, dcoef, dgamma, jnp.zeros_like(sigma)
 
 
@@ -370,14 +376,16 @@ def kernel_dplr(Lambda, P, B, C, step, L: int, *, Q=None, conj: bool = True, c_i
         coef = 2.0 * jnp.swapaxes(jnp.concatenate([W.real, (W * jnp.conj(Lambda)[..., None]).real], -1), -1, -2)
         st = jnp.broadcast_to(step, batch).astype(coef.dtype)
         M, J = L // 2 + 1, coef.shape[-2] // 2
-        # the per-root trig is computed here: inside a block XLA would recompute it per (channel, mode, root)
+        # the trig per root only, materialised: fused into its consumers XLA would recompute it per
+        # (channel, root) or per (channel, mode, root)
         half = (jnp.pi / L) * jnp.arange(M, dtype=coef.dtype)  # phi/2
-        sigma, gamma = 2.0 * jnp.sin(half), st[..., None] * jnp.cos(half)
+        cos, sin = jax.lax.optimization_barrier((jnp.cos(half), jnp.sin(half)))
         a, e = jnp.abs(Lambda), -2.0 * Lambda.real
-        phase = st[..., None] * jnp.exp(1j * half)  # d e^{i phi/2}
 
-        def khat(gamma, sigma, phase):  # one block of roots -> K^ (..., c)
-            if r == 1:  # S4's LegS / LegT: custom VJP, the block's output T is kept for the backward pass
+        def khat(cos, sin):  # one block of roots -> K^ (..., c)
+            sigma, gamma = 2.0 * sin, st[..., None] * cos
+            phase = st[..., None] * jax.lax.complex(cos, sin)  # d e^{i phi/2}
+            if r == 1:  # S4's LegS / LegT: custom VJP
                 return _khat_rank1(a, e, coef, gamma, sigma, phase)
             T = _pair_sums(a, e, coef, gamma, sigma)  # (..., 2J, 2c): rows [A | B], columns [Re | Im]
             c = sigma.shape[0]
@@ -389,14 +397,13 @@ def kernel_dplr(Lambda, P, B, C, step, L: int, *, Q=None, conj: bool = True, c_i
         c = M if chunk is None else min(chunk, M)
         nb = -(-M // c)
         if nb == 1:
-            Khat = khat(gamma, sigma, phase)
+            Khat = khat(cos, sin)
         else:  # pad by repeating the last root (a zero root would divide by 0 and put NaNs in the gradient)
-            pad = lambda x: jnp.moveaxis(  # noqa: E731
-                jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, nb * c - M)], mode="edge").reshape(x.shape[:-1] + (nb, c)), -2, 0)
-            # small blocks stay in cache. Rank 1 keeps each block's sums T (..., 2J, 2c) for the backward
-            # pass (8 floats per channel and root); otherwise checkpointed: it keeps only each block's inputs
+            pad = lambda x: jnp.pad(x, (0, nb * c - M), mode="edge").reshape(nb, c)  # noqa: E731
+            # small blocks stay in cache; the rank-1 VJP recomputes what it needs from the block's inputs,
+            # otherwise checkpointed: the backward pass keeps only each block's inputs
             body = (lambda x: khat(*x)) if r == 1 else jax.checkpoint(lambda x: khat(*x))
-            Khat = jax.lax.map(body, (pad(gamma), pad(sigma), pad(phase)))  # (nb, ..., c)
+            Khat = jax.lax.map(body, (pad(cos), pad(sin)))  # (nb, ..., c)
             Khat = jnp.moveaxis(Khat, 0, -2).reshape(batch + (nb * c,))[..., :M]
         return jnp.fft.irfft(Khat, n=L, axis=-1)
 
