@@ -334,8 +334,8 @@ def kernel_dplr(Lambda, P, B, C, step, L: int, *, Q=None, conj: bool = True, c_i
     correction cancels large diagonal-resolvent peaks. (Evaluating the sums as the FFT of a Vandermonde
     product is exact algebra too but only normwise accurate; in float32 it loses 1e-3 .. 1 relative on
     HiPPO-LegS kernels.)
-    chunk: evaluate `chunk` roots at a time (lax.map over checkpointed blocks: memory O(chunk N)
-    in the forward and the backward pass); None = all at once; 'auto' = blocks of about 2^19
+    chunk: evaluate `chunk` roots at a time (lax.map over blocks whose backward pass recomputes the
+    block from its inputs: memory O(chunk N) in the forward and the backward pass); None = all at once; 'auto' = blocks of about 2^19
     (channel, mode, root) entries (a power of two >= 8 roots), which keeps a block in cache.
     Lambda, B, C (..., N); P, Q (..., r, N); step (...). Returns (..., L), real if conj.
     """
