@@ -157,31 +157,23 @@ def _woodbury(S, b, d, r):
     return d * (k00 - b * corr)
 
 
-def _pair_inv(a, e, gamma, sigma):
-    """U = [Re u | Im u] (..., N, 2M), u = 1/den, den = (a gamma - sigma)(a gamma + sigma) + i e sigma gamma.
+def _pair_inv(a, e, gamma, sigma, *, roots_major: bool = False):
+    """U = [Re u | Im u] (..., N, 2M), u = 1/den, den = (a gamma - sigma)(a gamma + sigma) + i e sigma gamma;
+    roots_major: U^T (..., 2M, N) instead.
 
     Written as one elementwise expression over the 2M-wide layout (the den is computed for both
-    halves) so that XLA emits a single pass with no intermediates; the long root axis is minor, so
-    it vectorises. The difference of squares is factored: nothing cancels beyond the one
-    subtraction near the pole."""
+    halves) so that XLA emits a single pass with no intermediates. The difference of squares is
+    factored: nothing cancels beyond the one subtraction near the pole."""
     M = sigma.shape[-1]
     gamma2, sigma2 = jnp.concatenate([gamma, gamma], -1), jnp.concatenate([sigma, sigma], -1)
-    re = jnp.arange(2 * M) < M
-    g = a[..., :, None] * gamma2[..., None, :]
-    Dr = (g - sigma2) * (g + sigma2)
-    Di = e[..., :, None] * (sigma2 * gamma2)[..., None, :]
-    return jnp.where(re, Dr, -Di) / (Dr * Dr + Di * Di)
-
-
-def _pair_inv_t(a, e, gamma, sigma):
-    """`_pair_inv` transposed: (..., 2M, N)."""
-    M = sigma.shape[-1]
-    gamma2, sigma2 = jnp.concatenate([gamma, gamma], -1), jnp.concatenate([sigma, sigma], -1)
-    re = (jnp.arange(2 * M) < M)[:, None]
-    g = a[..., None, :] * gamma2[..., :, None]
-    Dr = (g - sigma2[:, None]) * (g + sigma2[:, None])
-    Di = e[..., None, :] * (sigma2 * gamma2)[..., :, None]
-    return jnp.where(re, Dr, -Di) / (Dr * Dr + Di * Di)
+    if roots_major:
+        on_n, on_m = (lambda x: x[..., None, :]), (lambda x: x[..., :, None])
+    else:
+        on_n, on_m = (lambda x: x[..., :, None]), (lambda x: x[..., None, :])
+    g = on_n(a) * on_m(gamma2)
+    Dr = (g - on_m(sigma2)) * (g + on_m(sigma2))
+    Di = on_n(e) * on_m(sigma2 * gamma2)
+    return jnp.where(on_m(jnp.arange(2 * M) < M), Dr, -Di) / (Dr * Dr + Di * Di)
 
 
 @jax.custom_vjp
@@ -205,7 +197,7 @@ def _pair_sums_bwd(res, G):
     # G is read once per mode below: without the barrier XLA fuses its producers into those reads
     G = jax.lax.optimization_barrier(G)
     # U^T computed in the (2M, N) layout: the product is then a plain (2J, 2M) @ (2M, N)
-    dcoef = jnp.einsum("...cm,...mn->...cn", G, _pair_inv_t(a, e, gamma, sigma))
+    dcoef = jnp.einsum("...cm,...mn->...cn", G, _pair_inv(a, e, gamma, sigma, roots_major=True))
     # the elementwise pass on a (modes, roots) grid with the longer axis minor, where it vectorises
     # (S4's N/2 = 128 pairs against a block of 16 roots: 1.3x faster than roots minor)
     if a.shape[-1] > M:
@@ -285,12 +277,13 @@ def _khat_rank1_bwd(res, ct):
     gx = _cmulc(g, (phase.real, phase.imag))
     # dx/dk0 = 1, dx/dk1 = -q k2, dx/dk2 = -q k1, dx/dk3 = q^2 k1 k2
     k12_D2 = _cmul(inv_D, _cmul(inv_D, k12))
-    gk = [gx, _cmulc(gx, _cmul(q, k[2])), _cmulc(gx, _cmul(q, k[1])), _cmulc(gx, (gamma * gamma * k12_D2[0], gamma * gamma * k12_D2[1]))]
-    gk[1], gk[2] = (-gk[1][0], -gk[1][1]), (-gk[2][0], -gk[2][1])
+    neg = lambda x: (-x[0], -x[1])  # noqa: E731
+    gk = [gx, neg(_cmulc(gx, _cmul(q, k[2]))), neg(_cmulc(gx, _cmul(q, k[1]))),
+          _cmulc(gx, (gamma * gamma * k12_D2[0], gamma * gamma * k12_D2[1]))]
     # gamma enters x directly (dx/dgamma = -k1 k2 / D^2) and through every k_j = i sigma A_j - gamma B_j
     dgamma = -_cmulc(gx, k12_D2)[0] - sum(_cmulc(gk[j], B[j])[0] for j in range(4))
     # g_A = conj(i sigma) g_k, g_B = -gamma g_k; rows of G = [Re | Im] of g_A0..3, g_B0..3
-    rows = [(sigma * gr_i[1], -sigma * gr_i[0]) for gr_i in gk] + [(-gamma * gr_i[0], -gamma * gr_i[1]) for gr_i in gk]
+    rows = [(sigma * gkj[1], -sigma * gkj[0]) for gkj in gk] + [(-gamma * gkj[0], -gamma * gkj[1]) for gkj in gk]
     G = jnp.stack([jnp.concatenate(row, -1) for row in rows], -2)
     da, de, dcoef, dgamma_sums, dsigma = _pair_sums_bwd((a, e, coef, gamma, sigma), G)
     gphase = _cmulc(g, x)
@@ -335,8 +328,9 @@ def kernel_dplr(Lambda, P, B, C, step, L: int, *, Q=None, conj: bool = True, c_i
     product is exact algebra too but only normwise accurate; in float32 it loses 1e-3 .. 1 relative on
     HiPPO-LegS kernels.)
     chunk: evaluate `chunk` roots at a time (lax.map over blocks whose backward pass recomputes the
-    block from its inputs: memory O(chunk N) in the forward and the backward pass); None = all at once; 'auto' = blocks of about 2^19
-    (channel, mode, root) entries (a power of two >= 8 roots), which keeps a block in cache.
+    block from its inputs: memory O(chunk N) in the forward and the backward pass); None = all at
+    once; 'auto' = blocks of about 2^19 (channel, mode, root) entries (a power of two >= 8 roots),
+    which keeps a block in cache.
     Lambda, B, C (..., N); P, Q (..., r, N); step (...). Returns (..., L), real if conj.
     """
     method = ("paired" if conj else "direct") if method is None else method
