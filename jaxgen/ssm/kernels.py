@@ -245,9 +245,8 @@ def _cmulc(x, y):  # x conj(y)
     return x[0] * y[0] + x[1] * y[1], x[1] * y[0] - x[0] * y[1]
 
 
-def _rank1_terms(a, e, coef, gamma, sigma):
+def _rank1_terms(T, gamma, sigma):
     """B_j, k_j (j = 0..3), 1/D, q = gamma / D, k1 k2 and x = k0 - q k1 k2 (pairs of (..., c) arrays)."""
-    T = _pair_sums(a, e, coef, gamma, sigma)
     c = sigma.shape[-1]
     B = [(T[..., 4 + j, :c], T[..., 4 + j, c:]) for j in range(4)]
     k = [(-sigma * T[..., j, c:] - gamma * B[j][0], sigma * T[..., j, :c] - gamma * B[j][1]) for j in range(4)]
@@ -262,17 +261,23 @@ def _rank1_terms(a, e, coef, gamma, sigma):
 
 
 def _khat_rank1_fwd(a, e, coef, gamma, sigma, phase):
-    x = _rank1_terms(a, e, coef, gamma, sigma)[-1]
-    return jax.lax.complex(*_cmul(x, (phase.real, phase.imag))), (a, e, coef, gamma, sigma, phase)
+    T = _pair_sums(a, e, coef, gamma, sigma)
+    x = _rank1_terms(T, gamma, sigma)[-1]
+    # the backward pass needs T (..., 8, 2c): kept when recomputing it (O(N c) per channel) costs more than
+    # storing it (O(c)), i.e. with more modes than roots in the block (measured: N/2 = 128 modes, 16 roots:
+    # 10 % faster kept; 32 modes, 64 roots: 20 % faster recomputed)
+    keep = a.shape[-1] > sigma.shape[-1]
+    return jax.lax.complex(*_cmul(x, (phase.real, phase.imag))), (a, e, coef, gamma, sigma, phase, T if keep else None)
 
 
 def _khat_rank1_bwd(res, ct):
     """Written out: autodiff split the few-element Woodbury algebra into many passes, each recomputing
     the others' terms. Cotangents of complex values here are g = dl/dRe + i dl/dIm (JAX passes conj(g));
-    for holomorphic w = f(z), g_z = g_w conj(f'(z)). T is recomputed: storing it for every block cost
-    more (a memset and a copy of 8 floats per channel and root)."""
-    a, e, coef, gamma, sigma, phase = res
-    B, k, inv_D, q, k12, x = _rank1_terms(a, e, coef, gamma, sigma)
+    for holomorphic w = f(z), g_z = g_w conj(f'(z))."""
+    a, e, coef, gamma, sigma, phase, T = res
+    if T is None:
+        T = _pair_sums(a, e, coef, gamma, sigma)
+    B, k, inv_D, q, k12, x = _rank1_terms(T, gamma, sigma)
     g = (ct.real, -ct.imag)
     gx = _cmulc(g, (phase.real, phase.imag))
     # dx/dk0 = 1, dx/dk1 = -q k2, dx/dk2 = -q k1, dx/dk3 = q^2 k1 k2
@@ -328,8 +333,8 @@ def kernel_dplr(Lambda, P, B, C, step, L: int, *, Q=None, conj: bool = True, c_i
     product is exact algebra too but only normwise accurate; in float32 it loses 1e-3 .. 1 relative on
     HiPPO-LegS kernels.)
     chunk: evaluate `chunk` roots at a time (lax.map over blocks whose backward pass recomputes the
-    block from its inputs: memory O(chunk N) in the forward and the backward pass); None = all at
-    once; 'auto' = blocks of about 2^19 (channel, mode, root) entries (a power of two >= 8 roots),
+    block from its inputs: memory O(chunk N) in the forward and the backward pass, plus, for r = 1 with
+    more modes than roots per block, the block's 8 sums per channel and root); None = all at once; 'auto' = blocks of about 2^19 (channel, mode, root) entries (a power of two >= 8 roots),
     which keeps a block in cache.
     Lambda, B, C (..., N); P, Q (..., r, N); step (...). Returns (..., L), real if conj.
     """
