@@ -223,3 +223,30 @@ def test_breakdown_sums_the_compilers_estimated_cycles_by_category():
     assert by == {"fusion:Output conv_general_dilated": 600, "fusion:Output dot_general": 200,
                   "fusion:Loop reduce_sum": 150, "copy": 50}
     assert aot_breakdown.grouped_shares(by) == pytest.approx({"mxu": 0.8, "reductions": 0.15, "rng": 0.0, "other": 0.05})
+
+
+def test_groupnorm_with_a_written_out_backward_pass_equals_flax():
+    """experiments/aot_groupnorm.py compares flax's GroupNorm with one whose backward pass is written out: both
+    must compute the same values and gradients (flax's through autodiff), or the comparison means nothing."""
+    from flax import nnx
+
+    from experiments import aot_groupnorm
+
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8)) * 3.0 + 1.0
+    scale, bias = jax.random.normal(jax.random.key(1), (8,)), jax.random.normal(jax.random.key(2), (8,))
+    w = jax.random.normal(jax.random.key(3), x.shape)
+    custom = aot_groupnorm.group_norm_custom_vjp()
+
+    def flax_loss(x, s, b):
+        gn = nnx.GroupNorm(8, num_groups=4, epsilon=1e-6, rngs=nnx.Rngs(0))
+        gn.scale.value, gn.bias.value = s, b
+        return jnp.sum(jnp.tanh(gn(x)) * w)
+
+    def custom_loss(x, s, b):
+        return jnp.sum(jnp.tanh(custom(x, s, b, 4)) * w)
+
+    ref = jax.value_and_grad(flax_loss, argnums=(0, 1, 2))(x, scale, bias)
+    got = jax.value_and_grad(custom_loss, argnums=(0, 1, 2))(x, scale, bias)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5)
+    for g, r in zip(got[1], ref[1]):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)
