@@ -1,6 +1,7 @@
 """Where the CIFAR-10 UNet's TPU train step spends its time: its parts compiled for one v5e chip (no TPU needed).
 
     python -m experiments.aot_breakdown [--batch 16] [--dtypes float32,bfloat16] [--parts fwd,grad,opt,full,dp8,dp8_su]
+    python -m experiments.aot_breakdown --batch 32 --dtypes float32 --parts dp4_su   # the global 128 on v5e-4
     python -m experiments.aot_breakdown --table      # the recorded rows, compiling nothing
 
 configs/ddpm_cifar10.py trains with a global batch of 128 on v5e-8: 16 images per chip. Each part is the program a
@@ -10,10 +11,10 @@ chip runs for its share, compiled through libtpu for one chip of an abstract v5e
     grad   loss and gradients (forward + backward)
     opt    the optimizer update and the EMA, given the gradients (the config's AdamW, clipping, EMA)
     full   the train step as a run jits it (grad + opt + the logged norms), without the data-parallel all-reduce
-    dp8    the train step as a run on v5e-8 jits it (jaxgen.aot: 8 chips, data parallel, global batch 8 x --batch),
-           collectives included; per chip
-    dp8_su the same with weight-update sharding (config.mesh.shard_update: optimizer state and EMA split over the
-           8 chips, each updating its slice of the all-reduced gradients; the new parameters all-gathered)
+    dpN    the train step as a run on v5e-N jits it (jaxgen.aot: N chips, data parallel, global batch N x --batch),
+           collectives included; per chip (dp8: the config's slice)
+    dpN_su the same with weight-update sharding (config.mesh.shard_update: optimizer state and EMA split over the
+           N chips, each updating its slice of the all-reduced gradients; the new parameters all-gathered)
 
 For each: XLA's FLOPs and bytes accessed (`cost_analysis`), the roofline bounds FLOPs / peak and bytes / HBM
 bandwidth with v5e's published figures (197 TFLOP/s bf16, 819 GB/s), and the TPU compiler's own cost model: the sum
@@ -126,15 +127,15 @@ def parts_of(config, devices):
             "full": (task.train_step, (state, {"x": x}, key), (0,))}
 
 
-def pod_step(config, shard_update: bool):
-    """The lowered train step of `config` with 8x its batch on v5e-8, as jaxgen.aot compiles it for a run."""
+def pod_step(config, chips: int, shard_update: bool):
+    """The lowered train step of `config` with `chips` x its batch on v5e-`chips`, as jaxgen.aot compiles it."""
     from jaxgen import aot
     from jaxgen import config as config_lib
 
     config = config.copy_and_resolve_references()
-    config_lib.apply_overrides(config, [("train.batch_size", str(8 * config.train.batch_size)),
+    config_lib.apply_overrides(config, [("train.batch_size", str(chips * config.train.batch_size)),
                                         ("mesh.shard_update", str(shard_update))])
-    _, topology = aot.parse_slice("v5e-8")
+    _, topology = aot.parse_slice(f"v5e-{chips}")
     *_, [(_, _, lowered, _)] = aot.lower_steps(config, aot.topology_devices(topology), ("train",))
     return lowered
 
@@ -170,8 +171,8 @@ def main() -> None:
         parts = parts_of(config, devices)
         for part in args.parts.split(","):
             start = time.perf_counter()
-            if part in ("dp8", "dp8_su"):
-                compiled = pod_step(config, part == "dp8_su").compile()
+            if pod := re.fullmatch(r"dp(\d+)(_su)?", part):
+                compiled = pod_step(config, int(pod.group(1)), bool(pod.group(2))).compile()
             else:
                 fn, fn_args, donate = parts[part]
                 compiled = jax.jit(fn, donate_argnums=donate).lower(*fn_args).compile()
