@@ -14,6 +14,20 @@ from jaxgen import paths
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def machine() -> str:
+    """The CPU model and core count, e.g. 'AMD EPYC 7B13, 2 cores': benchmark rates depend on it (a VM's processor
+    changes between sessions), so result files record it."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    import platform
+
+    return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
 def markdown_table(rows: list[dict], cols: list[str]) -> str:
     """Rows of flat dicts as a markdown table over `cols` (floats to 4 significant digits, None as '-')."""
 

@@ -60,7 +60,7 @@ from flax import nnx
 from jaxgen.ssm import S4, S4D, hippo
 from jaxgen.ssm import kernels as K
 from jaxgen.ssm.lru import lru_apply, lru_init
-from experiments._report import prepare_out, write_json, write_text
+from experiments._report import machine, prepare_out, write_json, write_text
 
 BLOCK = 2**22  # complex entries per Cauchy block (chunk = BLOCK // (H N) roots of unity at a time)
 DIRECT_MAX = 2**26  # largest (H, N/2, L) Vandermonde matrix materialised by vandermonde_direct
@@ -176,6 +176,8 @@ def main(argv=None):
         H, Ns, Ls, naive_budget, lru_Ls, B = 256, (64, 256), (1024, 4096, 16384), 40.0, (1024, 4096, 16384), 4
     peak = matmul_peak_flops(1024 if args.quick else 2048)
     device = jax.devices()[0].device_kind
+    if device == "cpu":
+        device = f"cpu: {machine()}"
     rows = [dict(bench="matmul_peak", method="matmul_f32", gflops_per_s=round(peak / 1e9, 2), device=device)]
     print(f"device {device}: float32 matmul peak {peak / 1e9:.1f} GFLOP/s", flush=True)
 

@@ -37,7 +37,7 @@ from jaxgen import data as data_lib
 from jaxgen import tasks
 from jaxgen.train import mesh as mesh_lib
 from jaxgen.train.loop import sharded_train_step
-from experiments._report import prepare_out, write_json
+from experiments._report import machine, prepare_out, write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -190,8 +190,7 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(ROOT, "experiments", "results"))
     args = p.parse_args(argv)
     peak = matmul_peak_flops()
-    print(f"measured matmul peak: {peak / 1e9:.1f} GFLOP/s (float32, {jax.devices()[0].device_kind}, "
-          f"{os.cpu_count()} cores)")
+    print(f"measured matmul peak: {peak / 1e9:.1f} GFLOP/s (float32, {jax.devices()[0].device_kind}: {machine()})")
     settings = [("quickstart", "configs/quickstart.py", (128,) if args.quick else (128, 512)),
                 ("cifar10", "configs/ddpm_cifar10.py", (8,) if args.quick else (8, 32))]
     rows = []
@@ -200,7 +199,7 @@ def main(argv=None):
             for nd in (1, 8):
                 r, _ = bench_step(spec, bs, nd, iters=3 if args.quick else 5)
                 peak = matmul_peak_flops()  # again for each row, right after it: the machine's speed drifts
-                row = dict(method="ddpm_train_step", model=name, batch_size=bs, devices=nd, **r,
+                row = dict(method="ddpm_train_step", model=name, batch_size=bs, devices=nd, machine=machine(), **r,
                            peak_gflops=peak / 1e9, mfu=r["achieved_gflops"] * 1e9 / peak)
                 rows.append(row)
                 print(f"  {name} batch={bs} devices={nd}: {r['time_ms']:.1f} ms/step, mfu={row['mfu']:.3f}", flush=True)
@@ -223,7 +222,8 @@ def main(argv=None):
     print("\n| op | category | s per step | share |\n|---|---|---|---|")
     for r in prof["top_ops"]:
         print(f"| {r['op']} | {r['category']} | {r['seconds']:.3f} | {r['share']:.3f} |")
-    write_json(os.path.join(args.out, "bench_train_step_profile.json"), dict(model="cifar10", batch_size=bs, **prof))
+    write_json(os.path.join(args.out, "bench_train_step_profile.json"),
+               dict(model="cifar10", batch_size=bs, machine=machine(), **prof))
 
 
 if __name__ == "__main__":
