@@ -67,13 +67,15 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 def pytest_runtest_logfinish(nodeid, location):
+    if _current[0] != nodeid:  # the xdist controller: it sees every worker's reports but runs no test
+        return
     _per_test[nodeid]["wall"] += time.perf_counter()
     _per_test[nodeid]["cpu"] += time.process_time()
     _current[0] = "(between tests)"
 
 
 def pytest_sessionfinish(session):
-    if _per_test:
+    if _per_test and any("wall" in t for t in _per_test.values()):  # a process that ran tests
         with open(os.path.join(_directory(), f"suite_profile.{os.getpid()}.json"), "w") as f:  # local
             json.dump({k: dict(v) for k, v in _per_test.items()}, f)
 
