@@ -15,8 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def machine() -> str:
-    """The CPU model and core count, e.g. 'AMD EPYC 7B13, 2 cores': benchmark rates depend on it (a VM's processor
-    changes between sessions), so result files record it."""
+    """The CPU model and core count, e.g. 'Intel(R) Xeon(R) Processor @ 2.80GHz, 2 cores': benchmark rates depend
+    on it (a VM's processor changes between sessions), so result files record it."""
     model = ""
     try:
         with open("/proc/cpuinfo") as f:
