@@ -19,7 +19,7 @@ def machine() -> str:
     on it (a VM's processor changes between sessions), so result files record it."""
     model = ""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open("/proc/cpuinfo") as f:  # local: this machine's processor
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
     except OSError:
         pass

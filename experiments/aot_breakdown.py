@@ -79,6 +79,27 @@ def grouped_shares(by: dict[str, float]) -> dict[str, float]:
     return shares
 
 
+def task_loss_and_trainable(config):
+    """(task, loss_fn, Trainable) of `config`: the loss and optimizer its train step is built from, caught as the
+    task builds the step."""
+    from jaxgen import tasks
+    from jaxgen.train import state as state_lib
+
+    captured = {}
+    original = state_lib.Trainable.train_step
+
+    def spy(self, loss_fn, post_update=None):
+        captured.update(loss_fn=loss_fn, trainable=self)
+        return original(self, loss_fn, post_update)
+
+    state_lib.Trainable.train_step = spy
+    try:
+        task = tasks.build(config)
+    finally:
+        state_lib.Trainable.train_step = original
+    return task, captured["loss_fn"], captured["trainable"]
+
+
 def parts_of(config, devices):
     """{part: (function, abstract arguments, donated argument indices)} for `config` on one device."""
     import jax
@@ -88,22 +109,9 @@ def parts_of(config, devices):
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     from jaxgen import data as data_lib
-    from jaxgen import tasks
     from jaxgen.train import state as state_lib
 
-    captured = {}
-    original = state_lib.Trainable.train_step
-
-    def spy(self, loss_fn, post_update=None):  # the task's loss and its Trainable, as the task builds its step
-        captured.update(loss_fn=loss_fn, trainable=self)
-        return original(self, loss_fn, post_update)
-
-    state_lib.Trainable.train_step = spy
-    try:
-        task = tasks.build(config)
-    finally:
-        state_lib.Trainable.train_step = original
-    loss_fn, t = captured["loss_fn"], captured["trainable"]
+    task, loss_fn, t = task_loss_and_trainable(config)
     one = NamedSharding(Mesh(np.array(devices[:1]), ("data",)), P())
     on_one = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), tree)  # noqa: E731
     state = on_one(jax.eval_shape(task.init, jax.random.key(0)))

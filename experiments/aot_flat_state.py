@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from experiments import aot_breakdown as ab
-from jaxgen import aot, tasks
+from jaxgen import aot
 from jaxgen import config as config_lib
 from jaxgen import data as data_lib
 from jaxgen.train import state as state_lib
@@ -36,15 +36,7 @@ _, topology = aot.parse_slice("v5e:2x2" if chips == 1 else "v5e-8")
 devices = aot.topology_devices(topology)
 config = config_lib.load_config(os.path.join(ab.ROOT, "configs", "ddpm_cifar10.py"))
 config_lib.apply_overrides(config, [("train.batch_size", str(16 * chips)), ("data.mock", "True")])
-cap = {}
-orig = state_lib.Trainable.train_step
-def spy(self, loss_fn, post_update=None):
-    cap.update(t=self, loss_fn=loss_fn)
-    return orig(self, loss_fn, post_update)
-state_lib.Trainable.train_step = spy
-task = tasks.build(config)
-state_lib.Trainable.train_step = orig
-t, loss_fn = cap["t"], cap["loss_fn"]
+task, loss_fn, t = ab.task_loss_and_trainable(config)
 st0 = jax.eval_shape(task.init, jax.random.key(0))
 flat0, unravel = ravel_pytree(jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), st0.params))
 n = flat0.size
