@@ -51,7 +51,7 @@ def _config(smoke: bool) -> ml_collections.ConfigDict:
         c.eval.untrained_baseline = False  # exercised by quickstart / ddpm_toy2d's smoke variants
         smoke_train(c)
         c.eval.sample_steps = 4
-        c.eval.classifier_steps = 50  # the quickstart / rf_digits smokes' classifier: one cache entry
+        c.eval.classifier_steps = 2  # the quickstart / rf_digits smokes' classifier: one cache entry
         c.eval.num_samples = 16
         c.eval.batch_size = 2  # x 8 devices in the tests
         c.model.update(dict(ch=8, ch_mult=(1,), attn_resolutions=(), num_groups=4))  # compiles fast

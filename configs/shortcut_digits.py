@@ -50,5 +50,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if v["smoke"]:
         smoke_train(c)
         c.model.update(dict(ch=8, ch_mult=(1,), attn_resolutions=(), num_groups=4))  # compiles fast
-        c.eval.update(dict(num_samples=16, batch_size=2, sample_steps=(2,), classifier_steps=50))  # one sampler compiled
+        c.eval.update(dict(num_samples=16, batch_size=2, sample_steps=(2,), classifier_steps=2))  # one sampler compiled
     return c

@@ -57,5 +57,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         smoke_train(c)
         c.model.update(dict(ch=8, ch_mult=(1,), attn_resolutions=(), num_groups=4))  # compiles fast
         c.teacher.untrained = True
-        c.eval.update(dict(num_samples=16, batch_size=2, classifier_steps=50))
+        c.eval.update(dict(num_samples=16, batch_size=2, classifier_steps=2))
     return c
