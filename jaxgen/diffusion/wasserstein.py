@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from scipy import integrate, linalg
 
 __all__ = ["gaussian_w2", "vp_gaussian_marginal", "wasserstein_bound_affine", "fit_affine_score_dsm",
            "true_affine_score"]
@@ -35,6 +34,8 @@ def gaussian_w2(m1, S1, m2, S2) -> float:
     """W2(N(m1, S1), N(m2, S2)) = sqrt(||m1 - m2||^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2))."""
     m1, m2 = np.atleast_1d(m1).astype(np.float64), np.atleast_1d(m2).astype(np.float64)
     S1, S2 = np.atleast_2d(S1).astype(np.float64), np.atleast_2d(S2).astype(np.float64)
+    from scipy import linalg  # here: scipy costs every importer of jaxgen.diffusion half a second
+
     r1 = linalg.sqrtm(S1).real
     cross = linalg.sqrtm(r1 @ S2 @ r1).real
     sq = np.sum((m1 - m2) ** 2) + np.trace(S1 + S2 - 2 * cross)
@@ -81,6 +82,8 @@ def wasserstein_bound_affine(m0, S0, A_fn: Callable, b_fn: Callable, T: float = 
         M = 0.5 * beta * np.eye(d) + beta * A
         m, P = z[:d], z[d:].reshape(d, d)
         return np.concatenate([M @ m + beta * b, (M @ P + P @ M.T + beta * np.eye(d)).ravel()])
+
+    from scipy import integrate
 
     sol = integrate.solve_ivp(rhs, (0.0, T), np.concatenate([qm, qS.ravel()]), rtol=1e-10, atol=1e-12,
                               method="DOP853")

@@ -23,7 +23,6 @@ it runs in jax.numpy (jit-able, differentiable).
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 
 import jax
 import jax.numpy as jnp
@@ -127,7 +126,12 @@ def discretize(A, B, step, method: str = "bilinear", *, alpha=None, validate: bo
         dtype = xp.result_type(A.dtype, B2.dtype)
         top = xp.concatenate([A, B2], axis=1).astype(dtype)
         aug = xp.concatenate([top, xp.zeros((M, N + M), dtype)], axis=0) * step
-        E = jsl.expm(aug) if use_jax else scipy.linalg.expm(aug)
+        if use_jax:
+            E = jsl.expm(aug)
+        else:
+            import scipy.linalg  # here: importing jaxgen.ssm stays free of scipy's half second
+
+            E = scipy.linalg.expm(aug)
         Ab, Bb = E[:N, :N], E[:N, N:]
     elif a == 0.0:  # forward Euler: explicit, no solve
         Ab, Bb = I + step * A, step * B2
