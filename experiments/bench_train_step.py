@@ -6,9 +6,8 @@ MFU = achieved FLOP/s / peak FLOP/s, with the step's FLOPs from XLA's cost analy
 step (per device, times the device count) and the peak measured in the same run, right after each row, as the best
 float32 matmul rate (jnp.dot of two n x n matrices, n = 2048 and 4096): a shared VM's speed drifts within a run.
 Rows for the quickstart UNet (8x8 digits) and the CIFAR-10 UNet (35.7M parameters) at
-several batch sizes, on 1 device and on 8 emulated devices (data parallel over the same cores), each device's ops
-free to use every core (XLA's default), and on one single-threaded device per core (`single_threaded`: data parallel
-over the cores, every op of a device on its own core).
+several batch sizes, on 1 device, on one device per core and on 8 emulated devices (data parallel over the same
+cores).
 
 Then a profile of the CIFAR-10 step (batch 32, 1 device; --quick: batch 8) from a `jax.profiler` trace of 3 steps:
 the time of every executed XLA op, summed over threads, by category (convolution, matmul, reduction, layout copies
@@ -58,10 +57,7 @@ def matmul_peak_flops(sizes=(2048, 4096), repeats: int = 10) -> float:
     return best
 
 
-def bench_step(config_spec: str, batch_size: int, num_devices: int, iters: int,
-               single_threaded: bool = False) -> dict:
-    """`single_threaded`: each device runs its ops on one thread (XLA's Eigen thread pool off), so `num_devices`
-    devices, one per core, run their shares of the batch side by side."""
+def bench_step(config_spec: str, batch_size: int, num_devices: int, iters: int) -> dict:
     config = config_lib.load_config(os.path.join(ROOT, config_spec))
     config_lib.apply_overrides(config, [("train.batch_size", str(batch_size))])
     if config.data.name in data_lib.KNOWN_TFDS:  # only shapes are needed: no prepared data on a CPU box
@@ -84,8 +80,7 @@ def bench_step(config_spec: str, batch_size: int, num_devices: int, iters: int,
     step = sharded_train_step(task, state_sharding, batch_sharding, train_key, config)
     step_no = jnp.zeros((), jnp.int32)
     t = time.perf_counter()
-    options = {"xla_cpu_multi_thread_eigen": False} if single_threaded else None
-    compiled = step.lower(state, batch, step_no).compile(options)
+    compiled = step.lower(state, batch, step_no).compile()
     compile_s = time.perf_counter() - t
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -199,23 +194,19 @@ def main(argv=None):
     print(f"measured matmul peak: {peak / 1e9:.1f} GFLOP/s (float32, {jax.devices()[0].device_kind}: {machine()})")
     settings = [("quickstart", "configs/quickstart.py", (128,) if args.quick else (128, 512)),
                 ("cifar10", "configs/ddpm_cifar10.py", (8,) if args.quick else (8, 32))]
-    # (devices, one thread per device): XLA's default (each op may use every core), 8 emulated devices as the tests
-    # run, and one single-threaded device per core (data parallel over the cores)
-    layouts = [(1, False), (8, False)] + ([(os.cpu_count(), True)] if 1 < os.cpu_count() <= len(jax.devices()) else [])
+    layouts = sorted({1, min(os.cpu_count(), len(jax.devices())), 8})  # 1 device, one per core, the tests' 8
     rows = []
     for name, spec, batches in settings:
         for bs in batches:
-            for nd, single in layouts:
-                r, _ = bench_step(spec, bs, nd, iters=3 if args.quick else 5, single_threaded=single)
+            for nd in layouts:
+                r, _ = bench_step(spec, bs, nd, iters=3 if args.quick else 5)
                 peak = matmul_peak_flops()  # again for each row, right after it: the machine's speed drifts
-                row = dict(method="ddpm_train_step", model=name, batch_size=bs, devices=nd,
-                           threads_per_device="1" if single else "all", machine=machine(), **r,
+                row = dict(method="ddpm_train_step", model=name, batch_size=bs, devices=nd, machine=machine(), **r,
                            peak_gflops=peak / 1e9, mfu=r["achieved_gflops"] * 1e9 / peak)
                 rows.append(row)
-                print(f"  {name} batch={bs} devices={nd} threads/device={row['threads_per_device']}: "
-                      f"{r['time_ms']:.1f} ms/step, mfu={row['mfu']:.3f}", flush=True)
-    cols = ["model", "batch_size", "devices", "threads_per_device", "compile_s", "time_ms", "gflop_per_step",
-            "achieved_gflops", "peak_gflops", "mfu"]
+                print(f"  {name} batch={bs} devices={nd}: {r['time_ms']:.1f} ms/step, mfu={row['mfu']:.3f}", flush=True)
+    cols = ["model", "batch_size", "devices", "compile_s", "time_ms", "gflop_per_step", "achieved_gflops", "peak_gflops",
+            "mfu"]
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")

@@ -12,9 +12,9 @@ cached the same way, in a fresh $JAXGEN_CACHE, never in the user's ~/.cache/jaxg
 The tests compile far more than they run (a few steps of many small programs), so LLVM's optimisation
 passes are turned off for the session (XLA's own HLO passes, fusion included, still run): the same programs
 compile several times faster (the quickstart UNet's init 15.2 -> 2.4 s CPU; tests/test_knobs.py 56 -> 34 s).
-Users' runs keep the default level. Each of the two pytest-xdist workers has one core, so XLA's multi-threaded
-Eigen kernels (matmuls, convolutions) run single-threaded instead of contending for both cores (measured: 10 % less wall
-time for the diffusion and one-step test files alone, 1 % for the whole suite, 676 -> 667 s). XLA:CPU's classic fusion
+Users' runs keep the default level. XLA's Eigen thread pool is off: each of the two pytest-xdist workers has one core
+(measured: 10 % less wall time for the diffusion and one-step test files alone, 1 % for the whole suite, 676 -> 667 s;
+in jaxlib 0.10 the matmuls and convolutions run in YNNPACK, which still uses both cores). XLA:CPU's classic fusion
 emitters compile faster than the new ones (the whole suite 736 -> 580 s). The programs carry no Python source
 locations (they only name ops in profiles and errors): lowering and compiling them is that much less work (measured on
 tests/test_nets.py, test_diffusion_samplers.py, test_objectives.py and test_likelihood.py in one process: 96.5 -> 84.5
