@@ -86,7 +86,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 # A checkpoint every 20 steps; the rest of the run is the margin for each signal to land before the end.
-RESUME_STEPS = {"train.num_steps": "160", "train.log_every": "1", "train.checkpoint_every": "20",
+RESUME_STEPS = {"train.num_steps": "200", "train.log_every": "1", "train.checkpoint_every": "20",
                 "eval.untrained_baseline": "False"}
 
 
