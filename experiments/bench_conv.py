@@ -76,8 +76,8 @@ def main(argv=None) -> None:
         seconds = {name: median_seconds(f, *a) for name, (f, a) in passes.items()}
         peak = matmul_peak_flops()  # right after the row: the machine's speed drifts
         for name, s in seconds.items():
-            rows.append(dict(shape=f"{B}x{H}x{H}x{C} -> {O}", op=name, machine=machine(), ms=1e3 * s, gflops=flops / s / 1e9,
-                             matmul_gflops=peak / 1e9, frac_of_matmul=flops / s / peak))
+            rows.append(dict(shape=f"{B}x{H}x{H}x{C} -> {O}", op=name, machine=machine(), ms=1e3 * s,
+                             gflops=flops / s / 1e9, matmul_gflops=peak / 1e9, frac_of_matmul=flops / s / peak))
         print(markdown_table(rows[-len(seconds):], ["shape", "op", "ms", "gflops", "matmul_gflops", "frac_of_matmul"]),
               flush=True)
     print(markdown_table(rows, ["shape", "op", "ms", "gflops", "matmul_gflops", "frac_of_matmul"]))
