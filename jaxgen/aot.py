@@ -240,6 +240,20 @@ def lower_steps(config, devices, steps=("train", "eval")):
     return task, mesh, abstract, state_sharding, lowered
 
 
+def _compile_uncached(lowered):
+    """`lowered.compile()`, not written to jax's persistent compilation cache: an executable compiled without a
+    device cannot be loaded back from it (a second run would warn and compile again). jax decides once per process
+    whether the cache is used, so the write is skipped through its minimum compile time."""
+    import jax
+
+    min_secs = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
+    try:
+        return lowered.compile()
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_secs)
+
+
 def compile_report(config, slice_name: str, steps=("train", "eval")) -> list[dict]:
     """Compile `steps` of `config` for `slice_name` and return one report row per step (see the module docstring)."""
     _ensure_cpu_backend()
@@ -257,7 +271,7 @@ def compile_report(config, slice_name: str, steps=("train", "eval")) -> list[dic
     for step, what, low, lower_s in lowered:
         start = time.perf_counter()
         try:
-            analysis = _analyse(low.compile(), chip, per_chip)
+            analysis = _analyse(_compile_uncached(low), chip, per_chip)
         except Exception as e:  # noqa: BLE001 - XLA:TPU refuses programs that exceed HBM; anything else re-raised
             analysis = _out_of_memory(e, chip, per_chip)
         row = dict(step=step, what=what, **common, **analysis)

@@ -97,6 +97,7 @@ def test_per_chip_flops_match_one_device_running_its_share_of_the_batch(toy_repo
     assert rows[0]["flops"] == pytest.approx(cost["flops"], rel=0.25)
 
 
+@pytest.mark.filterwarnings("error")  # run twice: an executable compiled without a device is not read back from jax's cache
 def test_cli_prints_the_table_and_appends_json(toy_report, tmp_path, capsys):
     out = tmp_path / "aot.json"
     # --steps eval: the train step was compiled above; the CLI path is what is tested here

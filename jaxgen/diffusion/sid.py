@@ -177,8 +177,8 @@ def make_sid_step(generator_apply: Callable, fake_apply: Callable, teacher: Call
         new = SiDState(step=state.step + 1, gen_params=gen_params, gen_opt_state=gen_opt, fake_params=fake_params,
                        fake_opt_state=fake_opt, gen_skipped=state.gen_skipped + (~gen_ok).astype(jnp.int32),
                        fake_skipped=state.fake_skipped + (~fake_ok).astype(jnp.int32))
-        metrics = dict(gen_loss=gen_loss, fake_loss=fake_loss, gen_grad_norm=optax.global_norm(gen_grads),
-                       fake_grad_norm=optax.global_norm(fake_grads), gen_ok=gen_ok, fake_ok=fake_ok,
+        metrics = dict(gen_loss=gen_loss, fake_loss=fake_loss, gen_grad_norm=optax.tree.norm(gen_grads),
+                       fake_grad_norm=optax.tree.norm(fake_grads), gen_ok=gen_ok, fake_ok=fake_ok,
                        gen_skipped=new.gen_skipped, fake_skipped=new.fake_skipped)
         return new, metrics
 

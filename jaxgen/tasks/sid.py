@@ -96,7 +96,7 @@ def build(config) -> Task:
         ema = ema_update(state.ema_params, new.gen_params, config.ema_decay) if config.ema_decay else None
         metrics = {k: v for k, v in m.items() if k not in ("gen_ok", "fake_ok")}
         metrics.update(loss=jnp.where(m["gen_ok"], m["gen_loss"], 0.0), learning_rate=t.lr_schedule(state.step),
-                       param_norm=optax.global_norm(shard_like_update(new.gen_params)))
+                       param_norm=optax.tree.norm(shard_like_update(new.gen_params)))
         return TrainState(step=new.step, params=dict(gen=new.gen_params, fake=new.fake_params),
                           opt_state=dict(gen=new.gen_opt_state, fake=new.fake_opt_state), ema_params=ema,
                           extra=dict(x, gen_skipped=new.gen_skipped, fake_skipped=new.fake_skipped)), metrics

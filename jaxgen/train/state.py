@@ -101,8 +101,8 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
         ema = ema_update(state.ema_params, params, ema_decay) if ema_decay else None
         if ema_decay and accum > 1:
             ema = jax.tree.map(lambda new, old: jnp.where(tx.has_updated(opt_state), new, old), ema, state.ema_params)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
-                       param_norm=optax.global_norm(mesh_lib.shard_like_update(params)),
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
+                       param_norm=optax.tree.norm(mesh_lib.shard_like_update(params)),
                        learning_rate=schedule(state.step // accum))
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
                           extra=extra), metrics
