@@ -28,6 +28,34 @@ def machine() -> str:
     return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
+CONVOLUTION_LIBRARIES = ("xla", "ynnpack")  # jaxgen's CLI default first, then jaxlib's (jaxgen.xla_cpu)
+
+
+def xla_flags_for(library: str, flags: str) -> str:
+    """$XLA_FLAGS `flags` with XLA:CPU's convolutions in XLA's own convolution ('xla': what `python -m jaxgen.run`
+    sets) or in YNNPACK's fusions ('ynnpack': jaxlib's default, named explicitly)."""
+    from jaxgen import xla_cpu
+
+    option = xla_cpu.CONVOLUTIONS_OUTSIDE_YNNPACK.split("=")[0]
+    kept = [f for f in flags.split() if f.split("=")[0] != option]
+    return " ".join(kept + [xla_cpu.CONVOLUTIONS_OUTSIDE_YNNPACK if library == "xla"
+                            else f"{option}=+individual_convolution"])
+
+
+def rows_from_subprocess(module: str, argv: list[str], library: str) -> list[dict]:
+    """`python -m module *argv --rows-json FILE` run with `library`'s convolutions (XLA reads its flags once per
+    process, so each library gets a process of its own); the rows it wrote to FILE."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "rows.json")
+        env = dict(os.environ, XLA_FLAGS=xla_flags_for(library, os.environ.get("XLA_FLAGS", "")))
+        subprocess.run([sys.executable, "-m", module, *argv, "--rows-json", path], env=env, cwd=ROOT, check=True)
+        with open(path) as f:  # local: this process's temporary file
+            return [dict(r, convolutions=library) for r in json.load(f)]
+
+
 def markdown_table(rows: list[dict], cols: list[str]) -> str:
     """Rows of flat dicts as a markdown table over `cols` (floats to 4 significant digits, None as '-')."""
 

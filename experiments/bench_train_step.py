@@ -7,7 +7,12 @@ step (per device, times the device count) and the peak measured in the same run,
 float32 matmul rate (jnp.dot of two n x n matrices, n = 2048 and 4096): a shared VM's speed drifts within a run.
 Rows for the quickstart UNet (8x8 digits) and the CIFAR-10 UNet (35.7M parameters) at
 several batch sizes, on 1 device, on one device per core and on 8 emulated devices (data parallel over the same
-cores).
+cores), with the XLA:CPU options `python -m jaxgen.run` sets (jaxgen.xla_cpu: convolutions outside YNNPACK; set in
+experiments/__init__.py).
+
+Then the quickstart step (batch 512; --quick: 128) and the CIFAR-10 step (batch 32; --quick: 8) on 1 device with their
+convolutions in XLA's own convolution and in YNNPACK (jaxlib's default), a process per library and round, in turns
+(`--rounds`, default 2): written to bench_train_step_convolutions.json.
 
 Then a profile of the CIFAR-10 step (batch 32, 1 device; --quick: batch 8) from a `jax.profiler` trace of 3 steps:
 the time of every executed XLA op, summed over threads, by category (convolution, matmul, reduction, layout copies
@@ -25,6 +30,7 @@ os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
 import argparse
 import collections
 import glob
+import json
 import re
 import tempfile
 import time
@@ -38,7 +44,8 @@ from jaxgen import data as data_lib
 from jaxgen import tasks
 from jaxgen.train import mesh as mesh_lib
 from jaxgen.train.loop import sharded_train_step
-from experiments._report import machine, prepare_out, write_json
+from experiments._report import (CONVOLUTION_LIBRARIES, machine, markdown_table, prepare_out, rows_from_subprocess,
+                                 write_json)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -185,11 +192,46 @@ def op_profile(compiled, state, *args, steps: int = 3) -> dict:
                          for k, v in per_op.most_common(10)])
 
 
+MODELS = {"quickstart": "configs/quickstart.py", "cifar10": "configs/ddpm_cifar10.py"}
+
+
+def step_row(model: str, batch_size: int, iters: int) -> dict:
+    """`model`'s train step on 1 device in this process: its time and MFU against the matmul rate measured right
+    after it."""
+    r, _ = bench_step(MODELS[model], batch_size, 1, iters)
+    peak = matmul_peak_flops()
+    return dict(model=model, batch_size=batch_size, devices=1, machine=machine(), **r, peak_gflops=peak / 1e9,
+                mfu=r["achieved_gflops"] * 1e9 / peak)
+
+
+def compare_convolution_libraries(steps: list[tuple[str, int]], iters: int, rounds: int) -> list[dict]:
+    """The train steps `steps` ((model, batch size) on 1 device) with XLA's own convolutions (jaxgen's CLI) and with
+    YNNPACK's (jaxlib's default): a process per library and round, in turns."""
+    rows = []
+    for i in range(rounds):
+        for library in CONVOLUTION_LIBRARIES:
+            for model, bs in steps:
+                argv = ["--step-model", model, "--step-batch", str(bs), "--step-iters", str(iters)]
+                rows += [dict(r, round=i) for r in rows_from_subprocess("experiments.bench_train_step", argv, library)]
+                print(f"  {model} batch={bs} convolutions={library} round {i}: {rows[-1]['time_ms']:.0f} ms/step, "
+                      f"mfu={rows[-1]['mfu']:.3f}", flush=True)
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=os.path.join(ROOT, "experiments", "results"))
+    p.add_argument("--rounds", type=int, default=2, help="processes per convolution library in the comparison")
+    p.add_argument("--step-model", default="cifar10", help=argparse.SUPPRESS)  # a comparison process: this row only
+    p.add_argument("--step-batch", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--step-iters", type=int, default=5, help=argparse.SUPPRESS)
+    p.add_argument("--rows-json", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.rows_json:
+        with open(args.rows_json, "w") as f:  # local: the parent's temporary file
+            json.dump([step_row(args.step_model, args.step_batch, args.step_iters)], f)
+        return
     peak = matmul_peak_flops()
     print(f"measured matmul peak: {peak / 1e9:.1f} GFLOP/s (float32, {jax.devices()[0].device_kind}: {machine()})")
     settings = [("quickstart", "configs/quickstart.py", (128,) if args.quick else (128, 512)),
@@ -214,6 +256,14 @@ def main(argv=None):
     write_json(os.path.join(args.out, "bench_train_step.json"), rows)
 
     bs = 8 if args.quick else 32
+    steps = [("quickstart", 128), ("cifar10", bs)] if args.quick else [("quickstart", 512), ("cifar10", bs)]
+    print(f"\nTrain steps on 1 device, {steps}: convolutions in XLA's own convolution (jaxgen's CLI) and in YNNPACK "
+          "(jaxlib's default), a process each, in turns", flush=True)
+    compare = compare_convolution_libraries(steps, 3 if args.quick else 5, args.rounds)
+    print(markdown_table(compare, ["model", "batch_size", "convolutions", "round", "time_ms", "achieved_gflops",
+                                   "peak_gflops", "mfu"]))
+    write_json(os.path.join(args.out, "bench_train_step_convolutions.json"), compare)
+
     _, (compiled, *step_args) = bench_step("configs/ddpm_cifar10.py", bs, 1, iters=1)
     prof = op_profile(compiled, *step_args)
     print(f"\nProfile of the CIFAR-10 train step, batch {bs}, 1 device ({prof['wall_s'] / prof['steps']:.2f} s per "

@@ -15,7 +15,8 @@ and evaluates that checkpoint under its own step. A damaged latest checkpoint is
 `checkpoints_damaged/`, and the run resumes from the newest intact one (exit 2 if none is). Bad
 input (a config file that does not load, a misspelt key, an invalid value, a workdir that cannot be
 used) exits with status 2 and one line, before anything is written to the workdir; a bug still shows
-its traceback. SIGTERM saves a checkpoint and exits with status 143 (Ctrl-C: 130).
+its traceback. SIGTERM saves a checkpoint and exits with status 143 (Ctrl-C: 130). On CPU, convolutions run in
+XLA's own convolution rather than YNNPACK (`jaxgen.xla_cpu`: set in $XLA_FLAGS before JAX starts its backends).
 
 Overrides are parsed by `jaxgen.config.apply_overrides`, not by `ml_collections.config_flags`:
 config_flags cannot set a field whose default is None (`optimizer.b1`, `eval.clip_x0`: "Type NoneType
@@ -30,6 +31,8 @@ import sys
 from typing import NamedTuple
 
 from absl import app, flags
+
+from jaxgen import xla_cpu
 
 FLAGS = flags.FLAGS
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull", "-?")
@@ -165,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     from jaxgen.config import ConfigError
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    xla_cpu.set_default_flags()  # before JAX starts its backends (in this process: unless they already run)
     try:
         args = parse_args(argv)
     except ConfigError as e:
@@ -190,5 +194,6 @@ def _absl_flags_parser(argv: list[str]) -> Args | int:
 
 
 if __name__ == "__main__":
+    xla_cpu.set_default_flags()
     _define_flags()
     app.run(run, flags_parser=_absl_flags_parser)

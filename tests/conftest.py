@@ -9,6 +9,10 @@ the pytest-xdist workers and every subprocess a test starts. It saves compile ti
 the same executable. The feature classifiers that evaluation trains (jaxgen.metrics.features) are
 cached the same way, in a fresh $JAXGEN_CACHE, never in the user's ~/.cache/jaxgen.
 
+The tests run with the XLA:CPU options `python -m jaxgen.run` sets (jaxgen.xla_cpu: convolutions outside YNNPACK;
+measured: tests/test_nets.py, test_knobs.py, test_configs_smoke.py, test_diffusion_task.py and
+test_autoencoder_task.py 181 -> 154 s wall).
+
 The tests compile far more than they run (a few steps of many small programs), so LLVM's optimisation
 passes are turned off for the session (XLA's own HLO passes, fusion included, still run): the same programs
 compile several times faster (the quickstart UNet's init 15.2 -> 2.4 s CPU; tests/test_knobs.py 56 -> 34 s).
@@ -28,6 +32,8 @@ import threading
 
 import pytest
 
+from jaxgen import xla_cpu
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxgen-test-jit-cache-")
@@ -37,6 +43,7 @@ if "JAXGEN_CACHE" not in os.environ:  # the feature classifiers the tests train:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 os.environ.setdefault("JAX_TRACEBACK_IN_LOCATIONS_LIMIT", "0")
 os.environ.setdefault("JAX_INCLUDE_FULL_TRACEBACKS_IN_LOCATIONS", "false")
+xla_cpu.set_default_flags()  # what `python -m jaxgen.run` runs with: convolutions outside YNNPACK
 for flag in ("--xla_backend_optimization_level=0", "--xla_cpu_multi_thread_eigen=false",
              "--xla_cpu_use_fusion_emitters=false", "--xla_cpu_parallel_codegen_split_count=1"):
     if flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
