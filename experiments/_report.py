@@ -42,15 +42,15 @@ def xla_flags_for(library: str, flags: str) -> str:
                             else f"{option}=+individual_convolution"])
 
 
-def rows_from_subprocess(module: str, argv: list[str], library: str) -> list[dict]:
+def rows_from_subprocess(module: str, argv: list[str], library: str, **env_vars: str) -> list[dict]:
     """`python -m module *argv --rows-json FILE` run with `library`'s convolutions (XLA reads its flags once per
-    process, so each library gets a process of its own); the rows it wrote to FILE."""
+    process, so each library gets a process of its own) and `env_vars` set; the rows it wrote to FILE."""
     import subprocess
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "rows.json")
-        env = dict(os.environ, XLA_FLAGS=xla_flags_for(library, os.environ.get("XLA_FLAGS", "")))
+        env = dict(os.environ, **env_vars, XLA_FLAGS=xla_flags_for(library, os.environ.get("XLA_FLAGS", "")))
         subprocess.run([sys.executable, "-m", module, *argv, "--rows-json", path], env=env, cwd=ROOT, check=True)
         with open(path) as f:  # local: this process's temporary file
             return [dict(r, convolutions=library) for r in json.load(f)]

@@ -18,7 +18,8 @@ Then a profile of the CIFAR-10 step (batch 32, 1 device; --quick: batch 8) from 
 the time of every executed XLA op, summed over threads, by category (convolution, matmul, reduction, layout copies
 and transposes, elementwise fusions, collectives, other), a category read from the compiled HLO (a fusion counts as
 the heaviest op it contains: convolution > matmul > reduction > layout > elementwise), and the 10 ops that take
-longest. Written to bench_train_step_profile.json.
+longest. Written to bench_train_step_profile.json. It is taken with YNNPACK's convolutions, in a process of its own:
+XLA's own convolution runs asynchronously on Eigen's threads, outside the trace's op events.
 """
 
 from __future__ import annotations
@@ -205,43 +206,33 @@ def step_row(model: str, batch_size: int, iters: int) -> dict:
 
 
 def compare_convolution_libraries(steps: list[tuple[str, int]], iters: int, rounds: int) -> list[dict]:
-    """The train steps `steps` ((model, batch size) on 1 device) with XLA's own convolutions (jaxgen's CLI) and with
-    YNNPACK's (jaxlib's default): a process per library and round, in turns."""
+    """The train steps `steps` ((model, batch size)) with XLA's own convolutions (jaxgen's CLI) and with YNNPACK's
+    (jaxlib's default): a process per library and round, in turns, each with one CPU device, as `python -m
+    jaxgen.run` has by default."""
     rows = []
     for i in range(rounds):
         for library in CONVOLUTION_LIBRARIES:
             for model, bs in steps:
                 argv = ["--step-model", model, "--step-batch", str(bs), "--step-iters", str(iters)]
-                rows += [dict(r, round=i) for r in rows_from_subprocess("experiments.bench_train_step", argv, library)]
+                rows += [dict(r, round=i) for r in rows_from_subprocess("experiments.bench_train_step", argv, library,
+                                                                         JAX_NUM_CPU_DEVICES="1")]
                 print(f"  {model} batch={bs} convolutions={library} round {i}: {rows[-1]['time_ms']:.0f} ms/step, "
                       f"mfu={rows[-1]['mfu']:.3f}", flush=True)
     return rows
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default=os.path.join(ROOT, "experiments", "results"))
-    p.add_argument("--rounds", type=int, default=2, help="processes per convolution library in the comparison")
-    p.add_argument("--step-model", default="cifar10", help=argparse.SUPPRESS)  # a comparison process: this row only
-    p.add_argument("--step-batch", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--step-iters", type=int, default=5, help=argparse.SUPPRESS)
-    p.add_argument("--rows-json", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.rows_json:
-        with open(args.rows_json, "w") as f:  # local: the parent's temporary file
-            json.dump([step_row(args.step_model, args.step_batch, args.step_iters)], f)
-        return
+def layout_rows(quick: bool, out: str) -> None:
+    """Both models at their batch sizes on 1 device, one device per core and 8 devices of this process."""
     peak = matmul_peak_flops()
     print(f"measured matmul peak: {peak / 1e9:.1f} GFLOP/s (float32, {jax.devices()[0].device_kind}: {machine()})")
-    settings = [("quickstart", "configs/quickstart.py", (128,) if args.quick else (128, 512)),
-                ("cifar10", "configs/ddpm_cifar10.py", (8,) if args.quick else (8, 32))]
+    settings = [("quickstart", "configs/quickstart.py", (128,) if quick else (128, 512)),
+                ("cifar10", "configs/ddpm_cifar10.py", (8,) if quick else (8, 32))]
     layouts = sorted({1, min(os.cpu_count(), len(jax.devices())), 8})  # 1 device, one per core, the tests' 8
     rows = []
     for name, spec, batches in settings:
         for bs in batches:
             for nd in layouts:
-                r, _ = bench_step(spec, bs, nd, iters=3 if args.quick else 5)
+                r, _ = bench_step(spec, bs, nd, iters=3 if quick else 5)
                 peak = matmul_peak_flops()  # again for each row, right after it: the machine's speed drifts
                 row = dict(method="ddpm_train_step", model=name, batch_size=bs, devices=nd, machine=machine(), **r,
                            peak_gflops=peak / 1e9, mfu=r["achieved_gflops"] * 1e9 / peak)
@@ -252,9 +243,32 @@ def main(argv=None):
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
-    prepare_out(args.out)
-    write_json(os.path.join(args.out, "bench_train_step.json"), rows)
+    prepare_out(out)
+    write_json(os.path.join(out, "bench_train_step.json"), rows)
 
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default=os.path.join(ROOT, "experiments", "results"))
+    p.add_argument("--rounds", type=int, default=2, help="processes per convolution library in the comparison")
+    p.add_argument("--no-layouts", action="store_true", help="skip the device layouts' rows (comparison and profile only)")
+    p.add_argument("--step-model", default="cifar10", help=argparse.SUPPRESS)  # a comparison process: this row only
+    p.add_argument("--step-batch", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--step-iters", type=int, default=5, help=argparse.SUPPRESS)
+    p.add_argument("--step-profile", action="store_true", help=argparse.SUPPRESS)  # its op profile instead
+    p.add_argument("--rows-json", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.rows_json:
+        with open(args.rows_json, "w") as f:  # local: the parent's temporary file
+            if args.step_profile:
+                _, (compiled, *step_args) = bench_step(MODELS[args.step_model], args.step_batch, 1, iters=1)
+                json.dump([op_profile(compiled, *step_args)], f)
+            else:
+                json.dump([step_row(args.step_model, args.step_batch, args.step_iters)], f)
+        return
+    if not args.no_layouts:
+        layout_rows(args.quick, args.out)
     bs = 8 if args.quick else 32
     steps = [("quickstart", 128), ("cifar10", bs)] if args.quick else [("quickstart", 512), ("cifar10", bs)]
     print(f"\nTrain steps on 1 device, {steps}: convolutions in XLA's own convolution (jaxgen's CLI) and in YNNPACK "
@@ -262,12 +276,16 @@ def main(argv=None):
     compare = compare_convolution_libraries(steps, 3 if args.quick else 5, args.rounds)
     print(markdown_table(compare, ["model", "batch_size", "convolutions", "round", "time_ms", "achieved_gflops",
                                    "peak_gflops", "mfu"]))
+    prepare_out(args.out)
     write_json(os.path.join(args.out, "bench_train_step_convolutions.json"), compare)
 
-    _, (compiled, *step_args) = bench_step("configs/ddpm_cifar10.py", bs, 1, iters=1)
-    prof = op_profile(compiled, *step_args)
-    print(f"\nProfile of the CIFAR-10 train step, batch {bs}, 1 device ({prof['wall_s'] / prof['steps']:.2f} s per "
-          f"step, {prof['op_thread_s'] / prof['wall_s']:.2f} threads busy on average)\n")
+    # XLA's own convolution runs asynchronously on Eigen's threads, outside the trace's op events (the ops after it
+    # would be charged for the wait): the profile is taken with jaxlib's default, YNNPACK's convolutions
+    argv = ["--step-model", "cifar10", "--step-batch", str(bs), "--step-profile"]
+    prof = rows_from_subprocess("experiments.bench_train_step", argv, "ynnpack", JAX_NUM_CPU_DEVICES="1")[0]
+    print(f"\nProfile of the CIFAR-10 train step, batch {bs}, 1 device, convolutions in YNNPACK "
+          f"({prof['wall_s'] / prof['steps']:.2f} s per step, {prof['op_thread_s'] / prof['wall_s']:.2f} threads busy "
+          "on average)\n")
     print("| category | s per step | share |\n|---|---|---|")
     for k, v in prof["categories"].items():
         print(f"| {k} | {v['seconds']:.3f} | {v['share']:.3f} |")

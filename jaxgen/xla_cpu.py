@@ -1,10 +1,10 @@
 """XLA:CPU options that `python -m jaxgen.run` sets before JAX starts its backends.
 
 XLA:CPU (jaxlib 0.10) hands a convolution with enough channels to YNNPACK, whose weight-gradient convolution runs
-far below the matmul rate: on the CIFAR-10 UNet's 3x3 layers 0.24-0.59 of the float32 matmul rate, against
-0.64-0.89 for XLA's own (Eigen) convolution, which is as fast in the forward and input-gradient passes
-(`python -m experiments.bench_conv`). Taking convolutions out of YNNPACK's fusions (YNNPACK keeps the matmuls and
-the rest) makes the CIFAR-10 train step 1.3-1.6x faster on CPU (`python -m experiments.bench_train_step`).
+far below the matmul rate: on the CIFAR-10 UNet's 3x3 layers at 32x32 and 16x16, 0.27-0.31 of the float32 matmul
+rate, against 0.50-0.72 for XLA's own (Eigen) convolution, whose forward and input-gradient passes run at 0.83-1.04
+(`python -m experiments.bench_conv`). Taking convolutions out of YNNPACK's fusions (YNNPACK keeps the matmuls and the
+rest) makes the CIFAR-10 train step 1.3-1.8x faster on CPU (`python -m experiments.bench_train_step`).
 On TPU and GPU the option does nothing.
 
 XLA reads $XLA_FLAGS once, when JAX starts its first backend, so a program of one's own sets it before its first
