@@ -225,8 +225,8 @@ def layout_rows(quick: bool, out: str) -> None:
     """Both models at their batch sizes on 1 device, one device per core and 8 devices of this process."""
     peak = matmul_peak_flops()
     print(f"measured matmul peak: {peak / 1e9:.1f} GFLOP/s (float32, {jax.devices()[0].device_kind}: {machine()})")
-    settings = [("quickstart", "configs/quickstart.py", (128,) if quick else (128, 512)),
-                ("cifar10", "configs/ddpm_cifar10.py", (8,) if quick else (8, 32))]
+    settings = [("quickstart", MODELS["quickstart"], (128,) if quick else (128, 512)),
+                ("cifar10", MODELS["cifar10"], (8,) if quick else (8, 32))]
     layouts = sorted({1, min(os.cpu_count(), len(jax.devices())), 8})  # 1 device, one per core, the tests' 8
     rows = []
     for name, spec, batches in settings:
