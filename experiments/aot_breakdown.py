@@ -2,6 +2,7 @@
 
     python -m experiments.aot_breakdown [--batch 16] [--dtypes float32,bfloat16] [--parts fwd,grad,opt,full,dp8,dp8_su]
     python -m experiments.aot_breakdown --batch 32 --dtypes float32 --parts dp4_su   # the global 128 on v5e-4
+    python -m experiments.aot_breakdown --dtypes float32 --parts grad_save_convs   # remat, saving the matmul outputs
     python -m experiments.aot_breakdown --table      # the recorded rows, compiling nothing
 
 configs/ddpm_cifar10.py trains with a global batch of 128 on v5e-8: 16 images per chip. Each part is the program a
@@ -9,6 +10,9 @@ chip runs for its share, compiled through libtpu for one chip of an abstract v5e
 
     fwd    the loss (forward pass, noise and time drawn as in training)
     grad   loss and gradients (forward + backward)
+    grad_save_convs  the same with every residual block under jax.checkpoint, saving only its convolutions' and
+           matmuls' outputs and its reductions (the GroupNorm statistics): the backward pass recomputes the
+           normalisations, activations and dropout from them instead of reading them back
     opt    the optimizer update and the EMA, given the gradients (the config's AdamW, clipping, EMA)
     full   the train step as a run jits it (grad + opt + the logged norms), without the data-parallel all-reduce
     dpN    the train step as a run on v5e-N jits it (jaxgen.aot: N chips, data parallel, global batch N x --batch),
@@ -33,6 +37,7 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import argparse
 import collections
+import contextlib
 import json
 import re
 import time
@@ -98,6 +103,34 @@ def task_loss_and_trainable(config):
     finally:
         state_lib.Trainable.train_step = original
     return task, captured["loss_fn"], captured["trainable"]
+
+
+def save_convs_policy(prim, *_, **__) -> bool:
+    """jax.checkpoint policy of `grad_save_convs`: keep convolution, matmul and reduce_sum outputs."""
+    import jax
+
+    return prim in (jax.lax.conv_general_dilated_p, jax.lax.dot_general_p, jax.lax.reduce_sum_p)
+
+
+@contextlib.contextmanager
+def residual_blocks_checkpointed(policy):
+    """The UNet's residual blocks under jax.checkpoint(policy) while inside (the UNet's own `remat` recomputes
+    everything, convolutions included)."""
+    import jax
+    from flax import nnx
+
+    from jaxgen.nets import unet
+
+    def call(self, x, temb, key):
+        graphdef, state = nnx.split(self)
+        forward = lambda state, x, temb, key: nnx.merge(graphdef, state)._forward(x, temb, key)  # noqa: E731
+        return jax.checkpoint(forward, policy=policy)(state, x, temb, key)
+
+    original, unet.ResBlock.__call__ = unet.ResBlock.__call__, call
+    try:
+        yield
+    finally:
+        unet.ResBlock.__call__ = original
 
 
 def parts_of(config, devices):
@@ -181,6 +214,11 @@ def main() -> None:
             start = time.perf_counter()
             if pod := re.fullmatch(r"dp(\d+)(_su)?", part):
                 compiled = pod_step(config, int(pod.group(1)), bool(pod.group(2))).compile()
+            elif part == "grad_save_convs":
+                fn, fn_args, _ = parts["grad"]
+                with residual_blocks_checkpointed(save_convs_policy):
+                    lowered = jax.jit(fn).lower(*fn_args)
+                compiled = lowered.compile()
             else:
                 fn, fn_args, donate = parts[part]
                 compiled = jax.jit(fn, donate_argnums=donate).lower(*fn_args).compile()

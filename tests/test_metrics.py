@@ -182,6 +182,32 @@ def test_frechet_random_spd_against_scipy_sqrtm():
     assert abs(frechet_distance(mu, cov, mu, cov)) < 1e-9 * np.trace(cov)
 
 
+def test_frechet_rank_deficient_matches_the_symmetric_square_root():
+    """Covariances of fewer samples than features: the pivoted Cholesky factor has the samples' rank and
+    reproduces C1, and the distance equals the definition's, tr sqrt(C1^(1/2) C2 C1^(1/2)) with C1^(1/2) from an
+    eigendecomposition (eigenvalues below d eps max|w|, round-off of zeros, set to 0: their square roots would add
+    ~1e-8 each)."""
+    from jaxgen.metrics.frechet import _psd_factor
+
+    def clipped(w):
+        return np.where(w > len(w) * np.finfo(np.float64).eps * np.abs(w).max(), w, 0.0)
+
+    rng = np.random.default_rng(4)
+    d = 40
+    mix = rng.normal(size=(d, d)) * np.exp(-np.arange(d) / 10)
+    for n1, n2 in ((7, 200), (7, 12)):
+        mu1, c1 = feature_stats(rng.normal(size=(n1, d)) @ mix.T)
+        mu2, c2 = feature_stats(rng.normal(size=(n2, d)) @ mix.T + 0.5)
+        s = _psd_factor(c1)
+        assert s.shape == (d, n1 - 1)
+        np.testing.assert_allclose(s @ s.T, c1, atol=1e-12 * np.abs(c1).max())
+        w, v = np.linalg.eigh(c1)
+        root = (v * np.sqrt(clipped(w))) @ v.T
+        middle = clipped(np.linalg.eigvalsh(root @ c2 @ root))
+        want = np.sum((mu1 - mu2) ** 2) + np.trace(c1) + np.trace(c2) - 2 * np.sum(np.sqrt(middle))
+        np.testing.assert_allclose(frechet_distance(mu1, c1, mu2, c2), want, rtol=1e-10)
+
+
 def test_feature_stats_and_from_features():
     rng = np.random.default_rng(2)
     f1, f2 = rng.normal(size=(500, 4)), rng.normal(1.0, 2.0, size=(400, 4))

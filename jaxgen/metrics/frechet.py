@@ -16,11 +16,19 @@ def _clip_round_off(w: np.ndarray) -> np.ndarray:
 
 
 def _psd_factor(a: np.ndarray) -> np.ndarray:
-    """S (d, r) with S S^T = a for a symmetric PSD matrix of rank r, via eigh (S = V_r W_r^(1/2))."""
-    w, v = np.linalg.eigh(0.5 * (a + a.T))
-    w = _clip_round_off(w)
-    keep = w > 0
-    return v[:, keep] * np.sqrt(w[keep])
+    """S (d, r) with S S^T = a for a symmetric PSD matrix of numerical rank r: the pivoted Cholesky
+    factorisation P^T a P = U^T U (LAPACK dpstrf), stopped where the largest remaining diagonal entry falls
+    below d * eps * max(diag a), so S = P U[:r]^T. O(d^2 r) work: a covariance of N < d samples costs N
+    steps, not the d^3 of an eigendecomposition (the whole distance at d = 2048 on 2 CPU cores: 0.10 s
+    instead of 1.33 s for 10 samples, 1.36 s instead of 2.37 s at full rank; experiments/bench_fid.py)."""
+    from scipy.linalg import lapack  # here: importing jaxgen.metrics stays free of scipy's import time
+
+    c, piv, rank, info = lapack.dpstrf(0.5 * (a + a.T), lower=0)
+    if info < 0:
+        raise ValueError(f"LAPACK dpstrf rejected argument {-info}")
+    s = np.zeros((a.shape[0], rank))
+    s[piv - 1] = np.triu(c[:rank]).T
+    return s
 
 
 def frechet_distance(mu1, cov1, mu2, cov2) -> float:
@@ -29,9 +37,10 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
         d^2 = |mu1 - mu2|^2 + tr(C1) + tr(C2) - 2 tr( (C1^(1/2) C2 C1^(1/2))^(1/2) )
 
     The trace of the square root is the sum of sqrt of the eigenvalues of C1 C2. With C1 = S S^T
-    (S of shape (d, rank C1)) those are the eigenvalues of the symmetric PSD matrix S^T C2 S, so no
-    non-symmetric sqrtm and no complex round-off, and a covariance of N < d samples costs one eigh
-    of d x d and one of N x N. Returns a Python float (>= 0 up to round-off).
+    (S of shape (d, rank C1), a pivoted Cholesky factor) those are the eigenvalues of the symmetric PSD
+    matrix S^T C2 S, so no non-symmetric sqrtm and no complex round-off, and a covariance of N < d
+    samples costs a rank-(N - 1) factorisation and one eigh of (N - 1) x (N - 1). Returns a Python
+    float (>= 0 up to round-off).
     """
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
