@@ -206,6 +206,13 @@ def test_frechet_rank_deficient_matches_the_symmetric_square_root():
         middle = clipped(np.linalg.eigvalsh(root @ c2 @ root))
         want = np.sum((mu1 - mu2) ** 2) + np.trace(c1) + np.trace(c2) - 2 * np.sum(np.sqrt(middle))
         np.testing.assert_allclose(frechet_distance(mu1, c1, mu2, c2), want, rtol=1e-10)
+    # a point mass (rank 0) against N(mu2, C2): |mu1 - mu2|^2 + tr C2, in either order
+    np.testing.assert_allclose(frechet_distance(mu1, np.zeros((d, d)), mu2, c2), np.sum((mu1 - mu2) ** 2) + np.trace(c2),
+                               rtol=1e-12)
+    np.testing.assert_allclose(frechet_distance(mu2, c2, mu1, np.zeros((d, d))), np.sum((mu1 - mu2) ** 2) + np.trace(c2),
+                               rtol=1e-12)
+    with pytest.raises(ValueError, match="finite"):
+        frechet_distance(mu1, np.where(np.eye(d) > 0, np.nan, c1), mu2, c2)
 
 
 def test_feature_stats_and_from_features():

@@ -11,7 +11,7 @@ import numpy as np
 def _clip_round_off(w: np.ndarray) -> np.ndarray:
     """Zero eigenvalues below the resolution of eigh (d * eps * max|w|): the covariance of
     N < F samples is singular, and sqrt would amplify +-1e-17 round-off into 1e-8 errors."""
-    tol = w.shape[0] * np.finfo(np.float64).eps * max(np.max(np.abs(w)), 0.0)
+    tol = w.shape[0] * np.finfo(np.float64).eps * np.max(np.abs(w), initial=0.0)
     return np.where(w > tol, w, 0.0)
 
 
@@ -51,6 +51,8 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
     if cov1.shape != (d, d) or cov2.shape != (d, d):
         raise ValueError(f"cov1 and cov2 must have shape ({d}, {d}), got {cov1.shape} and "
                          f"{cov2.shape}")
+    if not all(np.all(np.isfinite(a)) for a in (mu1, cov1, mu2, cov2)):
+        raise ValueError("the means and covariances must be finite (NaN or inf in the statistics: diverged samples?)")
     s1 = _psd_factor(cov1)
     m = s1.T @ cov2 @ s1
     eig = np.linalg.eigvalsh(0.5 * (m + m.T))
